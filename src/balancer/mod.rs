@@ -1,0 +1,299 @@
+//! Backend selection: one [`Balancer`] per upstream, one strategy behind it.
+//!
+//! Lock-free on the hot path: each [`Backend`] carries atomics (live count, passive health) and a
+//! pick returns a [`Lease`] that holds the backend and gives its count back on drop, so a panic or
+//! a cancelled task cannot leak a count. Strategies only rank backends; health, retries ("try the
+//! next one") and the key fallback live here so each strategy stays pure and unit-testable.
+
+pub mod hash;
+pub mod key;
+mod least_conn;
+mod round_robin;
+mod sticky_hash;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{Balance, HashKeySpec, Upstream};
+use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
+
+pub use least_conn::LeastConn;
+pub use round_robin::RoundRobin;
+pub use sticky_hash::StickyHash;
+
+/// One backend server and its shared, live state.
+pub struct Backend {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The address as configured: its identity in hashing, metrics and logs.
+    pub name: String,
+    /// Relative share, 1..=256.
+    pub weight: u32,
+    /// Hash of `name`, fixed for the backend's life; rendezvous hashing mixes it with the key.
+    id_hash: u64,
+    /// Live tunnels plus in-flight requests; only [`Lease`] changes it.
+    live: AtomicUsize,
+    /// Milliseconds since the balancer's epoch of the last connect failure, 0 when healthy.
+    failed_at_ms: AtomicU64,
+    /// Metric handles for this backend.
+    pub metrics: BackendMetrics,
+}
+
+impl Backend {
+    /// Live tunnels plus in-flight requests now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+/// A claim on a backend: counts as one live connection until dropped.
+pub struct Lease {
+    backend: Arc<Backend>,
+}
+
+impl Lease {
+    fn new(backend: Arc<Backend>) -> Self {
+        backend.live.fetch_add(1, Ordering::Relaxed);
+        Lease { backend }
+    }
+
+    /// The backend this lease counts against.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Backends already tried for one request, so a retry goes to the next choice.
+#[derive(Default, Debug)]
+pub struct Tried(Vec<usize>);
+
+impl Tried {
+    /// Whether `index` was tried.
+    pub fn contains(&self, index: usize) -> bool {
+        self.0.contains(&index)
+    }
+    /// How many were tried.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True before the first attempt.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A strategy ranks backends; `eligible` says which may be chosen for this pick.
+enum Strategy {
+    LeastConn(LeastConn),
+    StickyHash(StickyHash),
+    RoundRobin(RoundRobin),
+}
+
+/// The balancer of one upstream.
+pub struct Balancer {
+    /// Upstream name.
+    pub name: String,
+    backends: Vec<Arc<Backend>>,
+    strategy: Strategy,
+    /// Used when sticky-hash finds no key in the request.
+    fallback: LeastConn,
+    key: Option<HashKeySpec>,
+    /// Connect attempts per request: every backend once, at most three (as HAProxy's `retries`).
+    max_attempts: usize,
+    /// A backend that failed to connect is skipped for this long.
+    retry_after_ms: u64,
+    epoch: Instant,
+    /// Metric handles for this upstream.
+    pub metrics: UpstreamMetrics,
+}
+
+/// The outcome of [`Balancer::pick`].
+pub struct Pick {
+    /// The claim on the chosen backend.
+    pub lease: Lease,
+    /// Its index, to record in [`Tried`] if the connect fails.
+    pub index: usize,
+}
+
+impl Balancer {
+    /// Builds the balancer of `upstream`, registering its metrics.
+    pub fn new(upstream: &Upstream, retry_after: Duration, metrics: &Metrics) -> Self {
+        let backends: Vec<Arc<Backend>> = upstream
+            .servers
+            .iter()
+            .map(|s| {
+                Arc::new(Backend {
+                    addr: s.addr,
+                    name: s.name.clone(),
+                    weight: s.weight,
+                    id_hash: hash::hash_bytes(s.name.as_bytes()),
+                    live: AtomicUsize::new(0),
+                    failed_at_ms: AtomicU64::new(0),
+                    metrics: metrics.backend(&upstream.name, &s.name),
+                })
+            })
+            .collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let strategy = match upstream.balance {
+            Balance::LeastConn => Strategy::LeastConn(LeastConn::new()),
+            Balance::StickyHash => Strategy::StickyHash(StickyHash::new(upstream.load_factor)),
+            Balance::RoundRobin => Strategy::RoundRobin(RoundRobin::new(&weights)),
+        };
+        Balancer {
+            name: upstream.name.clone(),
+            max_attempts: backends.len().min(3),
+            backends,
+            strategy,
+            fallback: LeastConn::new(),
+            key: upstream.hash_key.clone(),
+            retry_after_ms: retry_after.as_millis() as u64,
+            epoch: Instant::now(),
+            metrics: metrics.upstream(&upstream.name),
+        }
+    }
+
+    /// The backends, in config order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// What the sticky-hash key is taken from, if any.
+    pub fn key_spec(&self) -> Option<&HashKeySpec> {
+        self.key.as_ref()
+    }
+
+    /// Whether another attempt is allowed after `tried`.
+    pub fn may_retry(&self, tried: &Tried) -> bool {
+        tried.len() < self.max_attempts
+    }
+
+    /// Picks a backend not yet tried. Healthy backends first; if every untried one is marked
+    /// down, they are tried anyway (a fast refusal beats a guess). `key` is the request's hash
+    /// key (sticky-hash); `None` makes sticky-hash fall back to least-conn.
+    pub fn pick(&self, key: Option<u64>, tried: &mut Tried) -> Option<Pick> {
+        let now = self.now_ms();
+        let healthy = |i: usize| !tried.contains(i) && self.is_available(i, now);
+        let index = self
+            .choose(key, &healthy)
+            .or_else(|| self.choose(key, &|i| !tried.contains(i)))?;
+        tried.0.push(index);
+        Some(Pick {
+            lease: Lease::new(self.backends[index].clone()),
+            index,
+        })
+    }
+
+    fn choose(&self, key: Option<u64>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        match (&self.strategy, key) {
+            (Strategy::LeastConn(s), _) => s.choose(&self.backends, eligible),
+            (Strategy::RoundRobin(s), _) => s.choose(eligible),
+            (Strategy::StickyHash(s), Some(key)) => s.choose(&self.backends, key, eligible),
+            (Strategy::StickyHash(_), None) => {
+                self.metrics.fallback.inc();
+                self.fallback.choose(&self.backends, eligible)
+            }
+        }
+    }
+
+    /// Records a failed connect: the backend is skipped for `backend_retry`.
+    pub fn report_failure(&self, index: usize) {
+        let backend = &self.backends[index];
+        backend
+            .failed_at_ms
+            .store(self.now_ms().max(1), Ordering::Relaxed);
+        backend.metrics.up.set(0);
+    }
+
+    /// Records a successful connect.
+    pub fn report_success(&self, index: usize) {
+        let backend = &self.backends[index];
+        if backend.failed_at_ms.load(Ordering::Relaxed) != 0 {
+            backend.failed_at_ms.store(0, Ordering::Relaxed);
+        }
+        backend.metrics.up.set(1);
+    }
+
+    fn is_available(&self, index: usize, now_ms: u64) -> bool {
+        let failed = self.backends[index].failed_at_ms.load(Ordering::Relaxed);
+        failed == 0 || now_ms.saturating_sub(failed) >= self.retry_after_ms
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// Compares `a.live / a.weight` with `b.live / b.weight` without division.
+fn load_less(a: &Backend, b: &Backend) -> std::cmp::Ordering {
+    let la = a.live() as u64 * b.weight as u64;
+    let lb = b.live() as u64 * a.weight as u64;
+    la.cmp(&lb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Server;
+
+    pub(crate) fn upstream(balance: Balance, weights: &[u32]) -> Upstream {
+        Upstream {
+            name: "test".into(),
+            balance,
+            hash_key: (balance == Balance::StickyHash).then_some(HashKeySpec::Ip),
+            load_factor: None,
+            servers: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| Server {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    name: format!("127.0.0.1:{}", 9000 + i),
+                    weight,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lease_counts_until_dropped_even_on_panic() {
+        let b = Balancer::new(
+            &upstream(Balance::LeastConn, &[1, 1]),
+            Duration::from_secs(1),
+            &Metrics::new(),
+        );
+        let pick = b.pick(None, &mut Tried::default()).unwrap();
+        let backend = pick.lease.backend().clone();
+        assert_eq!(backend.live(), 1);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = pick;
+            panic!("task died");
+        }));
+        assert!(result.is_err());
+        assert_eq!(backend.live(), 0);
+    }
+
+    #[test]
+    fn failed_backend_is_skipped_then_retried_as_last_resort() {
+        let b = Balancer::new(
+            &upstream(Balance::RoundRobin, &[1, 1]),
+            Duration::from_secs(60),
+            &Metrics::new(),
+        );
+        b.report_failure(0);
+        for _ in 0..4 {
+            let pick = b.pick(None, &mut Tried::default()).unwrap();
+            assert_eq!(pick.index, 1);
+        }
+        let mut tried = Tried::default();
+        assert_eq!(b.pick(None, &mut tried).unwrap().index, 1);
+        assert_eq!(b.pick(None, &mut tried).unwrap().index, 0);
+        assert!(b.pick(None, &mut tried).is_none());
+    }
+}

@@ -1,0 +1,224 @@
+//! Configuration: TOML in, an immutable, validated [`Config`] out.
+//!
+//! Loading is two stages. [`raw`] mirrors the file (unknown keys are errors); [`validate`] turns it
+//! into typed values (socket addresses, durations, resolved upstream indices) so the runtime never
+//! re-checks anything. Every failure is one [`ConfigError`] that names the file, the line and the
+//! key, and says how to fix it.
+
+mod duration;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use duration::parse_duration;
+
+/// A validated configuration. Built once; shared read-only.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener address.
+    pub listen: SocketAddr,
+    /// The admin listener (metrics, health), if configured.
+    pub admin: Option<SocketAddr>,
+    /// Front-end protection limits.
+    pub limits: Limits,
+    /// Timeouts for each phase of the data path.
+    pub timeouts: Timeouts,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Routes in file order; the router orders them by specificity.
+    pub routes: Vec<Route>,
+    /// Upstreams sorted by name; routes refer to them by index.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Limits that protect the front end from too many or too large clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Client connections held at once (plain and upgraded); accept pauses at the limit.
+    pub max_connections: usize,
+    /// Largest request head (start line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a whole request head.
+    pub header_read_timeout: Duration,
+}
+
+/// Timeouts for each phase; each has a default so a minimal config works.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP connect to one backend; on expiry the next backend is tried.
+    pub connect: Duration,
+    /// Backend's answer to a WebSocket handshake; on expiry the client gets 504.
+    pub handshake: Duration,
+    /// Backend's response head to a plain request; on expiry the client gets 504.
+    pub request: Duration,
+    /// A tunnel with no bytes in either direction for this long is closed; `None` never.
+    pub tunnel_idle: Option<Duration>,
+    /// Once one direction of a tunnel has ended, the other is closed after this long without
+    /// traffic, so a peer that never sends its FIN cannot hold the tunnel forever.
+    pub half_closed: Duration,
+    /// How long tunnels may live on after SIGTERM before they are closed.
+    pub shutdown_grace: Duration,
+    /// How long a backend that refused a connection is skipped (passive health).
+    pub backend_retry: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// A routing rule: requests whose host and path match go to `upstream`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `None` matches every host.
+    pub host: Option<HostPattern>,
+    /// Raw prefix of the request path; `/` matches everything.
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// A host name to match, lower-cased, without port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `chat.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any name ending with it.
+    Wildcard(String),
+}
+
+/// A named group of backends and how to balance over them.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The table name, used in metrics and logs.
+    pub name: String,
+    /// Balancing strategy.
+    pub balance: Balance,
+    /// What sticky-hash hashes.
+    pub hash_key: Option<HashKeySpec>,
+    /// Bounded-load factor for sticky-hash (`None`: strict stickiness).
+    pub load_factor: Option<f64>,
+    /// Backends in file order.
+    pub servers: Vec<Server>,
+}
+
+/// The balancing strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Fewest live tunnels and in-flight requests, divided by weight.
+    LeastConn,
+    /// Consistent (rendezvous) hashing on a request key.
+    StickyHash,
+    /// Smooth weighted round robin.
+    RoundRobin,
+}
+
+/// Where the sticky-hash key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKeySpec {
+    /// The client's IP address.
+    Ip,
+    /// A request header value.
+    Header(http::HeaderName),
+    /// A cookie value.
+    Cookie(String),
+    /// A query-string parameter value.
+    Query(String),
+}
+
+/// One backend.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The address as written in the file: the stable identity that hashing uses.
+    pub name: String,
+    /// Relative share of traffic, 1..=256.
+    pub weight: u32,
+}
+
+/// A configuration error, pointing at the file and line, with a fix where one is obvious.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name (or another description of where the text came from).
+    pub origin: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The dotted key at fault, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        line: None,
+        key: None,
+        message: format!("cannot read the file: {e}"),
+        hint: Some("pass an existing file with --config FILE".into()),
+    })?;
+    from_toml_str(&src, &origin)
+}
+
+/// Parses and validates config text; `origin` names it in errors. No file IO, so tests and the
+/// demo can build configs from strings.
+pub fn from_toml_str(src: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(src).map_err(|e| {
+        let line = e.span().map(|span| line_of(src, span.start));
+        let source_line = line.and_then(|l| src.lines().nth(l - 1)).map(str::trim);
+        ConfigError {
+            origin: origin.to_owned(),
+            line,
+            key: None,
+            message: match source_line {
+                Some(text) => format!("{} (in `{text}`)", e.message().trim_end()),
+                None => e.message().trim_end().to_owned(),
+            },
+            hint: Some("see config/switchboard.toml for every key and its type".into()),
+        }
+    })?;
+    validate::validate(raw, src, origin)
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

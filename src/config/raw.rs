@@ -1,0 +1,131 @@
+//! The configuration exactly as the TOML file spells it.
+//!
+//! Every struct denies unknown fields so that a typo is an error with a line number rather than a
+//! silently ignored setting. Values that need a semantic check later keep their span
+//! (`toml::Spanned`) so the error can point at the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Spanned<String>,
+    pub admin: Option<RawAdmin>,
+    pub limits: Option<RawLimits>,
+    pub timeouts: Option<RawTimeouts>,
+    pub log: Option<RawLog>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+/// `[admin]`: the metrics and health listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+}
+
+/// `[limits]`: protection of the front end.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+}
+
+/// `[timeouts]`: durations written like "250ms", "10s", "5m", "1h".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<Spanned<String>>,
+    pub handshake: Option<Spanned<String>>,
+    pub request: Option<Spanned<String>>,
+    pub tunnel_idle: Option<Spanned<String>>,
+    pub half_closed: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub backend_retry: Option<Spanned<String>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<Spanned<String>>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+}
+
+/// One `[upstream.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub balance: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    pub load_factor: Option<Spanned<f64>>,
+    pub servers: Spanned<Vec<Spanned<RawServer>>>,
+}
+
+/// A server is either `"host:port"` or `{ addr = "host:port", weight = N }`.
+#[derive(Debug)]
+pub struct RawServer {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+/// The table form of a server, kept strict so `{ adr = … }` is an error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTable {
+    addr: String,
+    weight: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = RawServer;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    r#"a server address "host:port" or a table { addr = "host:port", weight = N }"#,
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, addr: &str) -> Result<RawServer, E> {
+                Ok(RawServer {
+                    addr: addr.to_owned(),
+                    weight: None,
+                })
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<RawServer, M::Error> {
+                let table =
+                    RawServerTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawServer {
+                    addr: table.addr,
+                    weight: table.weight,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(ServerVisitor)
+    }
+}

@@ -1,0 +1,105 @@
+//! Errors of the request path, each mapped to exactly one status code.
+//!
+//! The match in [`ProxyError::status`] is exhaustive on purpose: a new failure mode has to decide
+//! its status and who is to blame, instead of falling into a catch-all 500.
+
+use std::io;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Who caused a failure; decides the log level and helps an operator look in the right place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something we cannot serve.
+    Client,
+    /// A backend was unreachable, slow or broken.
+    Backend,
+}
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request's host and path.
+    #[error("no route for host {host:?} and path {path:?}")]
+    NoRoute {
+        /// The request's host, if it had one.
+        host: Option<String>,
+        /// The request path.
+        path: String,
+    },
+    /// The upstream has no backend left to try.
+    #[error("upstream {upstream} has no backend left to try")]
+    NoBackend {
+        /// Upstream name.
+        upstream: String,
+    },
+    /// Connecting to a backend failed (refused, unreachable, or timed out).
+    #[error("connect to {backend} failed")]
+    Connect {
+        /// Backend name.
+        backend: String,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backend did not answer in time.
+    #[error("{backend} did not answer within {timeout:?}")]
+    Timeout {
+        /// Backend name.
+        backend: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The backend broke the HTTP exchange (reset, malformed response).
+    #[error("exchange with {backend} failed")]
+    Backend {
+        /// Backend name.
+        backend: String,
+        /// What hyper saw.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend answered 101 but not with a WebSocket upgrade.
+    #[error("{backend} answered 101 without `Upgrade: websocket`")]
+    BadUpgrade {
+        /// Backend name.
+        backend: String,
+    },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Who is at fault.
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::NoRoute { .. } => Blame::Client,
+            ProxyError::NoBackend { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::Timeout { .. }
+            | ProxyError::Backend { .. }
+            | ProxyError::BadUpgrade { .. } => Blame::Backend,
+        }
+    }
+
+    /// The `outcome` label of `switchboard_upgrades_total` for a failed handshake.
+    pub fn upgrade_outcome(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoBackend { .. } | ProxyError::Connect { .. } => "connect_error",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::Backend { .. } | ProxyError::BadUpgrade { .. } => "bad_response",
+        }
+    }
+}

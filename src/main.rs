@@ -1,0 +1,163 @@
+//! The `switchboard` command: parse flags, load the config, set up logging, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use switchboard::config::{self, Config, LogFormat};
+use switchboard::metrics::Metrics;
+use switchboard::{Listeners, Shutdown};
+
+/// A WebSocket-aware reverse proxy and load balancer.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The config file.
+    #[arg(long, global = true, default_value = "config/switchboard.toml")]
+    config: PathBuf,
+    /// Log format; overrides `[log] format` in the config.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print the resolved routes and upstreams (exit 0 if valid, 1 if not).
+    Check,
+    /// Run in front of three built-in chat backends and serve a chat page.
+    Demo {
+        /// Where the demo listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flag_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Demo { listen }) => {
+            init_logging(flag_format.unwrap_or_default());
+            runtime().block_on(async {
+                match switchboard::demo::run(listen).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        None => {
+            let config = match config::load(&cli.config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(flag_format.unwrap_or(config.log_format));
+            serve(config)
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    match switchboard::listener::raise_fd_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
+    runtime().block_on(async {
+        let listeners = match Listeners::bind(&config) {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %config.listen, admin = ?config.admin, "switchboard started");
+        let shutdown = Shutdown::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            switchboard::shutdown::signal().await;
+            trigger.trigger();
+        });
+        switchboard::run(config, listeners, shutdown, Metrics::new()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: ok", path.display());
+    println!("listen {}", config.listen);
+    if let Some(admin) = config.admin {
+        println!("admin  {admin}");
+    }
+    println!("routes:");
+    for route in &config.routes {
+        let host = match &route.host {
+            None => "*".to_owned(),
+            Some(config::HostPattern::Exact(h)) => h.clone(),
+            Some(config::HostPattern::Wildcard(suffix)) => format!("*{suffix}"),
+        };
+        println!(
+            "  {host}{} -> {}",
+            route.path_prefix, config.upstreams[route.upstream].name
+        );
+    }
+    println!("upstreams:");
+    for upstream in &config.upstreams {
+        let mut strategy = format!("{:?}", upstream.balance);
+        if let Some(key) = &upstream.hash_key {
+            strategy.push_str(&format!(" on {key:?}"));
+        }
+        if let Some(factor) = upstream.load_factor {
+            strategy.push_str(&format!(", load_factor {factor}"));
+        }
+        println!("  {} ({strategy})", upstream.name);
+        for server in &upstream.servers {
+            println!(
+                "    {} = {} weight {}",
+                server.name, server.addr, server.weight
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

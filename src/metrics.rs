@@ -1,0 +1,253 @@
+//! Every metric switchboard exports, in one place, registered against an owned [`Registry`].
+//!
+//! No global statics: each running instance (and each test) owns its registry. Labels come only
+//! from config names (upstream, backend) and small fixed enums (outcome, direction, code), never
+//! from client input, so cardinality is bounded by the config. Handles used per chunk or per
+//! request are resolved once (per upstream, per backend) so the hot path is one atomic add.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Buckets for handshakes and HTTP requests: 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets for tunnel lifetimes: 1 s to 1 day; WebSockets live for minutes to hours.
+const TUNNEL_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
+
+/// The registry and every metric family.
+#[derive(Clone)]
+pub struct Metrics {
+    /// What `/metrics` renders.
+    pub registry: Registry,
+    /// Client connections open now, plain and upgraded.
+    pub connections_active: IntGauge,
+    /// Client connections accepted since start.
+    pub connections_total: IntCounter,
+    /// Failed accepts by kind (`fd_limit`, `other`); the accept loop carries on after each.
+    pub accept_errors_total: IntCounterVec,
+    /// Live tunnels per backend.
+    pub tunnels_active: IntGaugeVec,
+    /// WebSocket handshakes by outcome.
+    pub upgrades_total: IntCounterVec,
+    /// Time from the client's upgrade request to the backend's answer.
+    pub upgrade_duration_seconds: HistogramVec,
+    /// Tunnel lifetimes.
+    pub tunnel_duration_seconds: HistogramVec,
+    /// Bytes relayed through tunnels, counted per chunk.
+    pub tunnel_bytes_total: IntCounterVec,
+    /// Tunnels closed, by reason.
+    pub tunnels_closed_total: IntCounterVec,
+    /// Plain requests by upstream and status code.
+    pub http_requests_total: IntCounterVec,
+    /// Plain request latency to the response head.
+    pub http_request_duration_seconds: HistogramVec,
+    /// 1 when the backend's last connect succeeded (passive health), else 0.
+    pub backend_up: IntGaugeVec,
+    /// Sticky-hash picks that had no key and fell back to least-conn.
+    pub balancer_fallback_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Builds every family and registers it with a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections_active: IntGauge::new(
+                "switchboard_connections_active",
+                "Client connections open now, plain and upgraded.",
+            )
+            .expect("valid metric"),
+            connections_total: IntCounter::new(
+                "switchboard_connections_total",
+                "Client connections accepted.",
+            )
+            .expect("valid metric"),
+            accept_errors_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_accept_errors_total",
+                    "Failed accepts; fd_limit means the open-files limit was reached.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            tunnels_active: IntGaugeVec::new(
+                Opts::new("switchboard_tunnels_active", "Live WebSocket tunnels."),
+                &["upstream", "backend"],
+            )
+            .expect("valid metric"),
+            upgrades_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_upgrades_total",
+                    "WebSocket handshakes by outcome: upgraded, rejected (backend answered non-101), \
+                     connect_error, timeout, bad_response.",
+                ),
+                &["upstream", "backend", "outcome"],
+            )
+            .expect("valid metric"),
+            upgrade_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchboard_upgrade_duration_seconds",
+                    "Time from the client's upgrade request to the backend's answer.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            tunnel_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchboard_tunnel_duration_seconds",
+                    "Lifetime of WebSocket tunnels.",
+                )
+                .buckets(TUNNEL_BUCKETS.to_vec()),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            tunnel_bytes_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_tunnel_bytes_total",
+                    "Bytes relayed through tunnels; direction is to_backend or to_client.",
+                ),
+                &["upstream", "direction"],
+            )
+            .expect("valid metric"),
+            tunnels_closed_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_tunnels_closed_total",
+                    "Tunnels closed, by reason: closed, idle_timeout, shutdown, error.",
+                ),
+                &["upstream", "reason"],
+            )
+            .expect("valid metric"),
+            http_requests_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_requests_total",
+                    "Plain HTTP requests by upstream (\"none\" when no route matched) and status.",
+                ),
+                &["upstream", "code"],
+            )
+            .expect("valid metric"),
+            http_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchboard_http_request_duration_seconds",
+                    "Plain HTTP request latency until the response head.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            backend_up: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_backend_up",
+                    "1 if the last connect to the backend succeeded (or none was tried), else 0.",
+                ),
+                &["upstream", "backend"],
+            )
+            .expect("valid metric"),
+            balancer_fallback_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_balancer_fallback_total",
+                    "Sticky-hash picks whose request had no hash key; they use least-conn.",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.connections_active.clone()),
+            Box::new(self.connections_total.clone()),
+            Box::new(self.accept_errors_total.clone()),
+            Box::new(self.tunnels_active.clone()),
+            Box::new(self.upgrades_total.clone()),
+            Box::new(self.upgrade_duration_seconds.clone()),
+            Box::new(self.tunnel_duration_seconds.clone()),
+            Box::new(self.tunnel_bytes_total.clone()),
+            Box::new(self.tunnels_closed_total.clone()),
+            Box::new(self.http_requests_total.clone()),
+            Box::new(self.http_request_duration_seconds.clone()),
+            Box::new(self.backend_up.clone()),
+            Box::new(self.balancer_fallback_total.clone()),
+        ];
+        for c in collectors {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// Handles for one upstream, resolved once at startup.
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            bytes_to_backend: self
+                .tunnel_bytes_total
+                .with_label_values(&[upstream, "to_backend"]),
+            bytes_to_client: self
+                .tunnel_bytes_total
+                .with_label_values(&[upstream, "to_client"]),
+            upgrade_duration: self.upgrade_duration_seconds.with_label_values(&[upstream]),
+            tunnel_duration: self.tunnel_duration_seconds.with_label_values(&[upstream]),
+            http_duration: self
+                .http_request_duration_seconds
+                .with_label_values(&[upstream]),
+            fallback: self.balancer_fallback_total.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Handles for one backend, resolved once at startup. The backend starts as up.
+    pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
+        let up = self.backend_up.with_label_values(&[upstream, backend]);
+        up.set(1);
+        BackendMetrics {
+            tunnels_active: self.tunnels_active.with_label_values(&[upstream, backend]),
+            up,
+        }
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-upstream handles used on the data path.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// Tunnel bytes from client to backend.
+    pub bytes_to_backend: IntCounter,
+    /// Tunnel bytes from backend to client.
+    pub bytes_to_client: IntCounter,
+    /// Handshake latency.
+    pub upgrade_duration: Histogram,
+    /// Tunnel lifetime.
+    pub tunnel_duration: Histogram,
+    /// Plain request latency.
+    pub http_duration: Histogram,
+    /// Sticky-hash fallbacks to least-conn.
+    pub fallback: IntCounter,
+}
+
+/// Per-backend handles.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    /// Live tunnels on this backend.
+    pub tunnels_active: IntGauge,
+    /// Passive health.
+    pub up: IntGauge,
+}

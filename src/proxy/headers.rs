@@ -1,0 +1,189 @@
+//! Header rules of a proxy: upgrade detection, hop-by-hop removal, forwarding headers.
+//!
+//! RFC 9110 §7.6.1: `Connection` and every header it names are meant for the next hop only, and
+//! so are `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Trailer` and `Upgrade`;
+//! a proxy removes them before forwarding. RFC 6455 §4.1 and §4.2.1: a WebSocket handshake is a
+//! GET whose `Connection` has the token `upgrade` and whose `Upgrade` names `websocket`.
+//! RFC 7239 defines `Forwarded`; `X-Forwarded-*` are the de-facto equivalents most apps read.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, request::Parts};
+
+/// Headers that are hop-by-hop whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether `name` appears as a token in any of the comma-separated values of `header`.
+fn has_token(headers: &HeaderMap, header: &HeaderName, token: &str) -> bool {
+    headers.get_all(header).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// True for a WebSocket opening handshake (RFC 6455 §4.1): GET, `Connection: upgrade` among
+/// other tokens, `Upgrade: websocket`, any case.
+pub fn is_websocket_upgrade(parts: &Parts) -> bool {
+    parts.method == Method::GET
+        && has_token(&parts.headers, &header::CONNECTION, "upgrade")
+        && has_token(&parts.headers, &header::UPGRADE, "websocket")
+}
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. `host` is the Host the client asked for.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+) {
+    let client = match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(client),
+        v4 => v4,
+    };
+    let client_text = client.to_string();
+    append_list(headers, &X_FORWARDED_FOR, &client_text);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+
+    // RFC 7239 §6: an IPv6 address is bracketed and the whole node quoted; a host with a port
+    // contains ':' which is not a token character, so it is always quoted.
+    let mut element = match client {
+        IpAddr::V4(_) => format!("for={client_text}"),
+        IpAddr::V6(_) => format!("for=\"[{client_text}]\""),
+    };
+    element.push_str(";proto=");
+    element.push_str(proto);
+    if let Some(host) = host {
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(&X_FORWARDED_HOST, value);
+        }
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            element.push_str(";host=\"");
+            element.push_str(host);
+            element.push('"');
+        }
+    }
+    append_list(headers, &header::FORWARDED, &element);
+}
+
+/// Appends `item` to a comma-separated list header, joining multiple lines into one.
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+    let mut joined = String::new();
+    for value in headers.get_all(name) {
+        if let Ok(text) = value.to_str() {
+            joined.push_str(text);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(item);
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri("/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn upgrade_needs_get_connection_token_and_websocket() {
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert!(is_websocket_upgrade(&parts(Method::GET, &ws)));
+        assert!(!is_websocket_upgrade(&parts(Method::POST, &ws)));
+        assert!(!is_websocket_upgrade(&parts(
+            Method::GET,
+            &[("upgrade", "websocket")]
+        )));
+        assert!(!is_websocket_upgrade(&parts(
+            Method::GET,
+            &[("connection", "upgrade"), ("upgrade", "h2c")]
+        )));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut p = parts(
+            Method::GET,
+            &[
+                ("connection", "close, x-secret"),
+                ("x-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-connection", "keep-alive"),
+                ("x-kept", "yes"),
+            ],
+        );
+        remove_hop_by_hop(&mut p.headers);
+        let names: Vec<&str> = p.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut p = parts(
+            Method::GET,
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("forwarded", "for=10.0.0.1"),
+            ],
+        );
+        add_forwarded(
+            &mut p.headers,
+            "::1".parse().unwrap(),
+            "http",
+            Some("chat.example.com:8080"),
+        );
+        assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["x-forwarded-host"], "chat.example.com:8080");
+        assert_eq!(
+            p.headers["forwarded"],
+            "for=10.0.0.1, for=\"[::1]\";proto=http;host=\"chat.example.com:8080\""
+        );
+    }
+}

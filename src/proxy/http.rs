@@ -1,0 +1,141 @@
+//! Plain requests: forwarded over pooled keep-alive backend connections, bodies streamed.
+//!
+//! A request that failed to connect is retried on the next backend only when resending it is
+//! safe: an idempotent method (RFC 9110 §9.2.2) and no body, since the body was consumed by the
+//! first attempt. Anything else gets 502 after its one attempt.
+
+use std::time::Instant;
+
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::body::{RequestBody, ResponseBody};
+use super::headers;
+use super::{ConnInfo, Proxy};
+use crate::balancer::{Tried, key::key_hash};
+use crate::error::ProxyError;
+
+/// The pooled backend client shared by all plain requests.
+pub type BackendClient = Client<HttpConnector, RequestBody>;
+
+/// Forwards one plain request to `upstream` and returns the backend's response head; the body
+/// streams afterwards.
+pub async fn forward(
+    proxy: &Proxy,
+    upstream: usize,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let balancer = &proxy.balancers[upstream];
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let key = balancer
+        .key_spec()
+        .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
+    let host = super::router::request_authority(&parts).map(str::to_owned);
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.proto,
+        host.as_deref(),
+    );
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let retryable = is_idempotent(&parts.method) && body.is_end_stream();
+    let mut body = Some(RequestBody::Client(body));
+    let mut tried = Tried::default();
+
+    loop {
+        let pick = balancer
+            .pick(key, &mut tried)
+            .ok_or_else(|| ProxyError::NoBackend {
+                upstream: balancer.name.clone(),
+            })?;
+        let backend = pick.lease.backend().clone();
+        let uri: Uri = format!("http://{}{}", backend.addr, path)
+            .parse()
+            .map_err(|e| ProxyError::Backend {
+                backend: backend.name.clone(),
+                source: Box::new(e),
+            })?;
+        let mut request = Request::new(body.take().unwrap_or(RequestBody::Empty));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = if retryable {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+
+        let sent =
+            tokio::time::timeout(proxy.timeouts.request, proxy.client.request(request)).await;
+        match sent {
+            Err(_elapsed) => {
+                return Err(ProxyError::Timeout {
+                    backend: backend.name.clone(),
+                    timeout: proxy.timeouts.request,
+                });
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                balancer.report_failure(pick.index);
+                tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "backend connect failed");
+                if retryable && balancer.may_retry(&tried) {
+                    continue;
+                }
+                return Err(ProxyError::Connect {
+                    backend: backend.name.clone(),
+                    source: std::io::Error::other(error_chain(&e)),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::Backend {
+                    backend: backend.name.clone(),
+                    source: Box::new(e),
+                });
+            }
+            Ok(Ok(response)) => {
+                balancer.report_success(pick.index);
+                balancer
+                    .metrics
+                    .http_duration
+                    .observe(started.elapsed().as_secs_f64());
+                let (mut head, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut head.headers);
+                return Ok(Response::from_parts(
+                    head,
+                    ResponseBody::Backend {
+                        body,
+                        _lease: Some(pick.lease),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// An error and its sources on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

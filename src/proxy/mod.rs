@@ -1,0 +1,180 @@
+//! The request path: route, then either forward a plain request or complete a WebSocket
+//! upgrade and hand the two streams to a tunnel.
+
+pub mod body;
+pub mod headers;
+pub mod http;
+pub mod router;
+pub mod tunnel;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::{Request, Response, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntGauge;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
+
+use crate::balancer::Balancer;
+use crate::config::{Config, Timeouts};
+use crate::error::{Blame, ProxyError};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use body::ResponseBody;
+use router::Router;
+
+/// Everything the request path reads, built once from a config and shared by all connections.
+pub struct Proxy {
+    /// Host and path → upstream index.
+    pub router: Router,
+    /// One balancer per upstream, in config order.
+    pub balancers: Vec<Balancer>,
+    /// Pooled client for plain requests.
+    pub client: http::BackendClient,
+    /// Timeouts for each phase.
+    pub timeouts: Timeouts,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Every tunnel runs on this tracker, so shutdown can wait for them: hyper's connection
+    /// future ends at the upgrade and would not see them.
+    pub tunnels: TaskTracker,
+    /// Drain and force tokens.
+    pub shutdown: Shutdown,
+}
+
+impl Proxy {
+    /// Builds the request path for `config`.
+    pub fn new(config: &Config, metrics: Metrics, shutdown: Shutdown) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.timeouts.connect));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy {
+            router: Router::new(&config.routes),
+            balancers: config
+                .upstreams
+                .iter()
+                .map(|u| Balancer::new(u, config.timeouts.backend_retry, &metrics))
+                .collect(),
+            client,
+            timeouts: config.timeouts.clone(),
+            metrics,
+            tunnels: TaskTracker::new(),
+            shutdown,
+        }
+    }
+}
+
+/// Holds a client connection's slot: the connection-limit permit and the active gauge. Shared
+/// by the HTTP connection task and, after an upgrade, its tunnel; released when both are done.
+pub struct ConnectionGuard {
+    _permit: OwnedSemaphorePermit,
+    active: IntGauge,
+}
+
+impl ConnectionGuard {
+    /// Takes the slot; the gauge goes up now and down on drop.
+    pub fn new(permit: OwnedSemaphorePermit, active: IntGauge) -> Self {
+        active.inc();
+        ConnectionGuard {
+            _permit: permit,
+            active,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Facts about one client connection.
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// `http` or `https`, for X-Forwarded-Proto and Forwarded.
+    pub proto: &'static str,
+    /// The connection's slot.
+    pub guard: ConnectionGuard,
+}
+
+/// Serves one request: route, then forward or upgrade. Never fails: errors become responses.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<ResponseBody> {
+    let (parts, body) = req.into_parts();
+    let upgrade = headers::is_websocket_upgrade(&parts);
+    let Some(upstream) = proxy
+        .router
+        .route(router::request_host(&parts), parts.uri.path())
+    else {
+        let error = ProxyError::NoRoute {
+            host: router::request_host(&parts).map(str::to_owned),
+            path: parts.uri.path().to_owned(),
+        };
+        tracing::debug!(client = %conn.peer, error = %error, "no route");
+        proxy
+            .metrics
+            .http_requests_total
+            .with_label_values(&["none", "404"])
+            .inc();
+        return error_response(&error);
+    };
+    let req = Request::from_parts(parts, body);
+    let result = if upgrade {
+        websocket::upgrade(&proxy, upstream, req, &conn).await
+    } else {
+        http::forward(&proxy, upstream, req, &conn).await
+    };
+    let response = result.unwrap_or_else(|error| {
+        let upstream_name = &proxy.balancers[upstream].name;
+        match error.blame() {
+            Blame::Backend => tracing::warn!(upstream = %upstream_name, client = %conn.peer,
+                status = error.status().as_u16(), error = %http::error_chain(&error), "request failed"),
+            Blame::Client => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
+                status = error.status().as_u16(), error = %http::error_chain(&error), "request refused"),
+        }
+        error_response(&error)
+    });
+    if !upgrade {
+        proxy
+            .metrics
+            .http_requests_total
+            .with_label_values(&[
+                proxy.balancers[upstream].name.as_str(),
+                response.status().as_str(),
+            ])
+            .inc();
+    }
+    response
+}
+
+/// A short plain-text response for a failure; details go to the log, not the client.
+pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
+    let status = error.status();
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut response = Response::new(ResponseBody::text(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,154 @@
+//! Clients: a WebSocket client (tokio-tungstenite), a small HTTP client, and raw sockets for
+//! exact bytes.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::DEADLINE;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket with a real client; panics unless the handshake succeeds.
+pub async fn ws_connect(url: &str) -> Ws {
+    let (ws, response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake within the deadline")
+        .unwrap_or_else(|e| panic!("WebSocket handshake to {url} failed: {e}"));
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// A response read whole.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// GET `path` on `addr` with extra headers, over a fresh HTTP/1.1 connection.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(addr, "GET", path, headers, Bytes::new()).await
+}
+
+/// Any request over a fresh HTTP/1.1 connection; the body is sent with a content-length.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> HttpResponse {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http handshake");
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(Full::new(body)).unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("response within the deadline")
+        .expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("body within the deadline")
+        .expect("body")
+        .to_bytes();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Reads up to and including the blank line that ends an HTTP head.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut byte))
+            .await
+            .expect("head within the deadline")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+        assert!(head.len() < 64 * 1024, "head too long");
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads exactly `n` bytes.
+pub async fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut buf))
+        .await
+        .expect("bytes within the deadline")
+        .expect("read");
+    buf
+}
+
+/// Reads until EOF; fails if the peer neither closes nor sends within the deadline.
+pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf))
+        .await
+        .expect("EOF within the deadline")
+        .expect("read");
+    buf
+}
+
+/// A client handshake for raw-socket tests.
+pub fn handshake_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: chat.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+/// A masked client frame (RFC 6455 §5.2), payload under 126 bytes.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// An unmasked server frame, payload under 126 bytes.
+pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x80 | opcode, payload.len() as u8];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Sends raw bytes and returns the connection.
+pub async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}

@@ -1,0 +1,129 @@
+//! Test harness: switchboard in process on 127.0.0.1:0, real backends, real clients.
+//!
+//! Nothing here waits a fixed time for something to happen. Readiness comes from the bind (the
+//! listener exists before the server task starts), and where a test must observe something that
+//! happens asynchronously it uses [`eventually`], which re-checks until a deadline and fails the
+//! test at the deadline.
+#![allow(dead_code)]
+
+pub mod backends;
+pub mod clients;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard::metrics::Metrics;
+use switchboard::{Listeners, Shutdown};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running switchboard.
+pub struct Switchboard {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: Shutdown,
+    pub metrics: Metrics,
+    pub task: JoinHandle<()>,
+}
+
+impl Switchboard {
+    /// Starts switchboard from TOML text; `listen` and `[admin]` are filled in with :0 sockets.
+    pub async fn start(toml_body: &str) -> Switchboard {
+        let text =
+            format!("listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml_body}");
+        let config = switchboard::config::from_toml_str(&text, "test.toml")
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let metrics = Metrics::new();
+        let task = tokio::spawn(switchboard::run(
+            config,
+            Listeners {
+                proxy,
+                admin: Some(admin),
+            },
+            shutdown.clone(),
+            metrics.clone(),
+        ));
+        Switchboard {
+            addr,
+            admin: admin_addr,
+            shutdown,
+            metrics,
+            task,
+        }
+    }
+
+    /// `ws://` URL for a path on this switchboard.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// The `/metrics` page, fetched over HTTP from the admin listener.
+    pub async fn scrape(&self) -> String {
+        let response = clients::http_get(self.admin, "/metrics", &[]).await;
+        assert_eq!(response.status, 200);
+        response.body_text()
+    }
+
+    /// Triggers a graceful shutdown and waits for `run` to return.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("switchboard stops within the deadline")
+            .expect("switchboard task did not panic");
+    }
+}
+
+/// Re-checks `check` until it returns `Some`, failing the test after [`DEADLINE`]. For effects
+/// that happen after the action that caused them (a counter decremented when a task ends).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let result = tokio::time::timeout(DEADLINE, async {
+        loop {
+            ticks.tick().await;
+            if let Some(value) = check().await {
+                return value;
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
+}
+
+/// The value of one sample in Prometheus text format, e.g.
+/// `metric(&text, "switchboard_upgrades_total", &[("outcome", "upgraded")])`; labels not listed
+/// are not compared, and matching samples are summed.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let all_match = labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
+            all_match.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
