@@ -36,10 +36,10 @@ impl LeastConn {
         eligible: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = backends.len();
-        if n > FULL_SCAN_MAX {
-            if let Some(i) = Self::two_choices(backends, eligible) {
-                return Some(i);
-            }
+        if n > FULL_SCAN_MAX
+            && let Some(i) = Self::two_choices(backends, eligible)
+        {
+            return Some(i);
         }
         let start = self.next_start.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let mut best: Option<usize> = None;

@@ -6,7 +6,7 @@
 //! key, and says how to fix it.
 
 mod duration;
-pub mod raw;
+mod raw;
 mod validate;
 
 use std::fmt;

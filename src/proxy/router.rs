@@ -18,7 +18,8 @@ impl Paths {
         // A duplicate prefix keeps the first route, as config order suggests.
         if !self.0.iter().any(|(p, _)| p == prefix) {
             self.0.push((prefix.to_owned(), upstream));
-            self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.0
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         }
     }
 
@@ -59,7 +60,9 @@ impl Router {
             };
             paths.add(&route.path_prefix, route.upstream);
         }
-        router.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         router
     }
 

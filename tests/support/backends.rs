@@ -73,8 +73,18 @@ impl EchoBackend {
         Self::start_with(name, true).await
     }
 
+    /// Starts on a given address (one that a test reserved and released).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> EchoBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, false, listener)
+    }
+
     async fn start_with(name: &str, greet: bool) -> EchoBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, greet, listener)
+    }
+
+    fn serve(name: &str, greet: bool, listener: TcpListener) -> EchoBackend {
         let addr = listener.local_addr().unwrap();
         let live = LiveCount::new();
         let handshakes = Arc::new(Mutex::new(Vec::new()));
@@ -108,6 +118,8 @@ async fn echo_connection(
     handshakes: Arc<Mutex<Vec<HeaderMap>>>,
     greeting: Option<String>,
 ) {
+    // The callback's error type is tungstenite's, fixed by its API.
+    #[allow(clippy::result_large_err)]
     let record = |req: &WsRequest, mut resp: WsResponse| {
         handshakes.lock().unwrap().push(req.headers().clone());
         if let Some(protocols) = req.headers().get("sec-websocket-protocol") {
@@ -129,10 +141,10 @@ async fn echo_connection(
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
         return;
     };
-    if let Some(name) = greeting {
-        if ws.send(Message::text(name)).await.is_err() {
-            return;
-        }
+    if let Some(name) = greeting
+        && ws.send(Message::text(name)).await.is_err()
+    {
+        return;
     }
     while let Some(Ok(message)) = ws.next().await {
         let reply = match message {

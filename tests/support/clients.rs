@@ -56,10 +56,10 @@ pub async fn http_request(
         .await
         .expect("http handshake");
     tokio::spawn(connection);
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let mut builder = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", addr.to_string());
+    }
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }

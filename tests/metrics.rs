@@ -1,0 +1,177 @@
+//! `/metrics` parsed and checked against what the test did.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use support::backends::{EchoBackend, HttpBackend};
+use support::clients::{http_get, ws_connect};
+use support::{DEADLINE, Switchboard, eventually, metric};
+
+#[tokio::test]
+async fn counters_match_what_happened() {
+    let echo = EchoBackend::start("echo").await;
+    let web = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&format!(
+        r#"
+[[route]]
+path_prefix = "/ws"
+upstream = "chat"
+[[route]]
+path_prefix = "/"
+upstream = "web"
+[upstream.chat]
+servers = ["{}"]
+[upstream.web]
+servers = ["{}"]
+"#,
+        echo.addr, web.addr
+    ))
+    .await;
+
+    for _ in 0..3 {
+        assert_eq!(http_get(sb.addr, "/api", &[]).await.status, 200);
+    }
+    assert_eq!(
+        http_get(sb.addr, "/api", &[("x-answer-status", "500")])
+            .await
+            .status,
+        500
+    );
+
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut ws = ws_connect(&sb.ws_url("/ws")).await;
+        ws.send(Message::text("hello")).await.unwrap();
+        let echoed = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, Message::text("hello"));
+        sockets.push(ws);
+    }
+
+    let text = sb.scrape().await;
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+    assert_eq!(
+        m(
+            "switchboard_http_requests_total",
+            &[("upstream", "web"), ("code", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m(
+            "switchboard_http_requests_total",
+            &[("upstream", "web"), ("code", "500")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "switchboard_http_request_duration_seconds_count",
+            &[("upstream", "web")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        m(
+            "switchboard_upgrades_total",
+            &[
+                ("upstream", "chat"),
+                ("backend", &echo.addr.to_string()),
+                ("outcome", "upgraded")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "switchboard_upgrade_duration_seconds_count",
+            &[("upstream", "chat")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m("switchboard_tunnels_active", &[("upstream", "chat")]),
+        2.0
+    );
+    assert!(m("switchboard_connections_active", &[]) >= 2.0);
+    assert!(m("switchboard_connections_total", &[]) >= 6.0);
+    // Counted per chunk while the tunnels live: a masked 5-byte text frame is 2 + 4 + 5 bytes
+    // from the client, the echo is 2 + 5 bytes from the backend.
+    assert_eq!(
+        m(
+            "switchboard_tunnel_bytes_total",
+            &[("upstream", "chat"), ("direction", "to_backend")]
+        ),
+        22.0
+    );
+    assert_eq!(
+        m(
+            "switchboard_tunnel_bytes_total",
+            &[("upstream", "chat"), ("direction", "to_client")]
+        ),
+        14.0
+    );
+    assert_eq!(m("switchboard_backend_up", &[("upstream", "chat")]), 1.0);
+
+    for mut ws in sockets {
+        ws.close(None).await.unwrap();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+    }
+    let text = eventually("tunnels closed", || async {
+        let text = sb.scrape().await;
+        (metric(&text, "switchboard_tunnels_active", &[]) == 0.0).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_tunnel_duration_seconds_count",
+            &[("upstream", "chat")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_tunnels_closed_total",
+            &[("reason", "closed")]
+        ),
+        2.0
+    );
+    assert!(
+        metric(
+            &text,
+            "switchboard_tunnel_bytes_total",
+            &[("direction", "to_backend")]
+        ) > 22.0
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_answer() {
+    let web = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&format!(
+        "[[route]]\nupstream = \"web\"\n[upstream.web]\nservers = [\"{}\"]",
+        web.addr
+    ))
+    .await;
+    let r = http_get(sb.admin, "/metrics", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert!(r.body_text().contains("# HELP switchboard_tunnels_active"));
+    assert_eq!(http_get(sb.admin, "/healthz", &[]).await.status, 200);
+    assert_eq!(http_get(sb.admin, "/readyz", &[]).await.status, 200);
+    assert_eq!(http_get(sb.admin, "/nothing", &[]).await.status, 404);
+    sb.stop().await;
+}
