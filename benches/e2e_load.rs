@@ -1,0 +1,448 @@
+//! End-to-end load: WebSocket clients through a real switchboard process to echo backends,
+//! measured side by side with the same clients talking to the backends directly.
+//!
+//! Guards the whole data path: handshake, splice, and what an idle tunnel costs. Method:
+//! - the backends and the clients run in this process; switchboard is the release binary in a
+//!   process of its own, so its CPU time (utime + stime from /proc) and RSS are its alone;
+//! - the echo backend answers the HTTP upgrade, then echoes raw bytes, and the clients send
+//!   masked frames and read the same bytes back, so almost all per-message work measured is the
+//!   proxy's (and the kernel's);
+//! - each scenario runs for a fixed window, first direct, then through switchboard, and the
+//!   ratio is printed: on a shared, noisy machine only ratios from the same run mean much;
+//! - memory per idle tunnel: RSS after opening N idle tunnels (each used once) minus RSS after a
+//!   warm-up of 100, divided by N.
+//!
+//! Run: `cargo bench --bench e2e_load`. Environment: E2E_CLIENTS (50), E2E_SECONDS (5),
+//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle), E2E_PROXY_THREADS (cores).
+//! nginx and HAProxy are measured too when installed (`apt-get install nginx-light haproxy`).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Echo backend: answers the upgrade, then echoes bytes.
+async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                if read_head(&mut stream).await.is_none() {
+                    return;
+                }
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+                );
+                if stream.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn read_head(stream: &mut TcpStream) -> Option<()> {
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 || head.len() > 8192 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    head.starts_with(b"HTTP/1.1 101")
+        .then_some(())
+        .or_else(|| head.starts_with(b"GET").then_some(()))
+}
+
+/// Connects and completes a WebSocket handshake.
+async fn open(addr: SocketAddr) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    read_head(&mut stream).await?;
+    Some(stream)
+}
+
+/// A masked binary client frame (RFC 6455 §5.2) with `len` payload bytes.
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0x82];
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    let mask = [1u8, 2, 3, 4];
+    f.extend_from_slice(&mask);
+    f.extend((0..len).map(|i| (i as u8) ^ mask[i % 4]));
+    f
+}
+
+struct EchoResult {
+    messages: usize,
+    elapsed: Duration,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// `clients` connections, each sending one message and waiting for its echo, for `window`.
+async fn echo_load(
+    addr: SocketAddr,
+    clients: usize,
+    payload: usize,
+    window: Duration,
+) -> EchoResult {
+    let message = std::sync::Arc::new(frame(payload));
+    let start = Instant::now();
+    let deadline = start + window;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let message = message.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let Some(mut stream) = open(addr).await else {
+                return samples;
+            };
+            let mut back = vec![0u8; message.len()];
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                if stream.write_all(&message).await.is_err()
+                    || stream.read_exact(&mut back).await.is_err()
+                {
+                    break;
+                }
+                samples.push(t0.elapsed().as_micros() as u32);
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    EchoResult {
+        messages: all.len(),
+        elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// Handshakes per second: `clients` workers opening and closing WebSockets for `window`.
+async fn handshake_load(addr: SocketAddr, clients: usize, window: Duration) -> f64 {
+    let start = Instant::now();
+    let deadline = start + window;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                match open(addr).await {
+                    Some(_) => n += 1,
+                    None => break,
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A proxy process under test: switchboard, or nginx/HAProxy when installed, each in front of
+/// the same echo backend.
+struct Proxy {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+/// Finds an executable on PATH or in /usr/sbin.
+fn find(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+impl Proxy {
+    async fn start(name: &'static str, backend: SocketAddr) -> Option<Proxy> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-e2e-{}-{name}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(dir.join("logs")).ok()?;
+        let mut command = match name {
+            "switchboard" => {
+                let config = dir.join("bench.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen = \"{addr}\"\n[limits]\nmax_connections = 19000\n[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [\"{backend}\"]\n"
+                    ),
+                )
+                .ok()?;
+                let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+                c.arg("--config").arg(&config).env("RUST_LOG", "warn");
+                if let Ok(n) = std::env::var("E2E_PROXY_THREADS") {
+                    c.env("TOKIO_WORKER_THREADS", n);
+                }
+                c
+            }
+            "nginx" => {
+                let config = dir.join("nginx.conf");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "daemon off;\nworker_processes 2;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
+                         events {{ worker_connections 19000; }}\n\
+                         http {{\n  access_log off;\n  upstream echo {{ server {backend}; keepalive 64; }}\n\
+                           map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+                           server {{\n    listen {addr} reuseport;\n    location / {{\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n\
+                                  proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
+                        dir = dir.display()
+                    ),
+                )
+                .ok()?;
+                let mut c = Command::new(find("nginx")?);
+                c.arg("-p").arg(&dir).arg("-c").arg(&config);
+                c
+            }
+            "haproxy" => {
+                let config = dir.join("haproxy.cfg");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "global\n  maxconn 9000\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
+                         frontend fe\n  bind {addr}\n  default_backend be\nbackend be\n  server s1 {backend}\n"
+                    ),
+                )
+                .ok()?;
+                let mut c = Command::new(find("haproxy")?);
+                c.arg("-db").arg("-f").arg(&config);
+                c
+            }
+            _ => return None,
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let ready = Instant::now();
+        while TcpStream::connect(addr).await.is_err() {
+            if ready.elapsed() > Duration::from_secs(10) {
+                println!("{name} did not start; skipped");
+                return None;
+            }
+            tokio::task::yield_now().await;
+        }
+        Some(Proxy {
+            name,
+            child,
+            addr,
+            dir,
+        })
+    }
+
+    /// CPU seconds and RSS (KiB) of the process and its children (nginx's workers).
+    fn stat(&self) -> (f64, u64) {
+        let root = self.child.id();
+        let mut pids = vec![root];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+                if ppid == Some(root) {
+                    pids.push(pid);
+                }
+            }
+        }
+        let mut cpu = 0.0;
+        let mut rss = 0;
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the ")" that ends the command name: utime is field 12, stime field 13.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+                .sum();
+            cpu += ticks as f64 / 100.0; // USER_HZ is 100 on Linux
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            rss += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        (cpu, rss)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.name == "nginx" {
+            // nginx's workers outlive a killed master briefly; end those we started.
+            let _ = Command::new("pkill")
+                .arg("-f")
+                .arg(self.dir.display().to_string())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn idle_memory(name: &'static str, backend: SocketAddr, idle: usize) -> Option<f64> {
+    let proxy = Proxy::start(name, backend).await?;
+    let mut held = Vec::with_capacity(idle + 100);
+    let ping = frame(64);
+    let mut back = vec![0u8; ping.len()];
+    let mut base = 0;
+    for i in 0..idle + 100 {
+        let mut stream = open(proxy.addr).await?;
+        stream.write_all(&ping).await.ok()?;
+        stream.read_exact(&mut back).await.ok()?;
+        held.push(stream);
+        if i == 99 {
+            base = proxy.stat().1;
+        }
+    }
+    let (_, rss) = proxy.stat();
+    Some(rss.saturating_sub(base) as f64 / idle as f64)
+}
+
+fn main() {
+    let _ = rlimit::Resource::NOFILE
+        .get()
+        .and_then(|(_, hard)| rlimit::Resource::NOFILE.set(hard, hard));
+    let clients = env_or("E2E_CLIENTS", 50);
+    let window = Duration::from_secs(env_or("E2E_SECONDS", 5) as u64);
+    let idle = env_or("E2E_IDLE", 5000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        println!(
+            "e2e_load: {clients} clients, {}s windows, {idle} idle tunnels. Clients and the echo backend run in this process; \
+             each proxy in its own. Ratios are to a direct run (no proxy) done just before.",
+            window.as_secs()
+        );
+        let backend = echo_backend().await;
+        let names = ["switchboard", "nginx", "haproxy"];
+        let mut proxies = Vec::new();
+        for name in names {
+            match Proxy::start(name, backend).await {
+                Some(p) => proxies.push(p),
+                None => println!("{name}: not installed or did not start; skipped"),
+            }
+        }
+        let rate = |r: &EchoResult| r.messages as f64 / r.elapsed.as_secs_f64();
+        let scenarios = std::env::var("E2E_SCENARIOS").unwrap_or_else(|_| "echo64,echo4k,handshake,idle".into());
+        let wanted = |s: &str| scenarios.split(',').any(|x| x == s);
+        for payload in [64usize, 4096] {
+            if !wanted(if payload == 64 { "echo64" } else { "echo4k" }) {
+                continue;
+            }
+            for proxy in &proxies {
+                let direct = echo_load(backend, clients, payload, window).await;
+                let (cpu0, _) = proxy.stat();
+                let via = echo_load(proxy.addr, clients, payload, window).await;
+                let (cpu1, _) = proxy.stat();
+                let cpu_us = (cpu1 - cpu0) * 1e6 / via.messages.max(1) as f64;
+                println!(
+                    "echo {payload:>4} B {:<11}: {:>7.0} msg/s ({:.2}x direct {:>7.0}), p50 {:>4} us (direct {:>4}), p99 {:>5} us (direct {:>4}), proxy CPU {:>5.1} us/msg",
+                    proxy.name, rate(&via), rate(&via) / rate(&direct), rate(&direct), via.p50_us, direct.p50_us, via.p99_us, direct.p99_us, cpu_us
+                );
+            }
+        }
+        for proxy in proxies.iter().filter(|_| wanted("handshake")) {
+            let direct = handshake_load(backend, clients.min(20), window).await;
+            let (cpu0, _) = proxy.stat();
+            let started = Instant::now();
+            let via = handshake_load(proxy.addr, clients.min(20), window).await;
+            let (cpu1, _) = proxy.stat();
+            let cpu_us = (cpu1 - cpu0) * 1e6 / (via * started.elapsed().as_secs_f64()).max(1.0);
+            println!(
+                "handshakes {:<11}: {via:>7.0}/s ({:.2}x direct {direct:>7.0}), proxy CPU {cpu_us:>5.1} us/handshake",
+                proxy.name,
+                via / direct
+            );
+        }
+        drop(proxies);
+        for name in names.into_iter().filter(|_| wanted("idle")) {
+            match idle_memory(name, backend, idle).await {
+                Some(kib) => println!("idle {name:<11}: {kib:.2} KiB RSS per idle tunnel ({idle} tunnels, each used once)"),
+                None => println!("idle {name:<11}: skipped"),
+            }
+        }
+    });
+}
