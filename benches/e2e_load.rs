@@ -13,7 +13,8 @@
 //!   warm-up of 100, divided by N.
 //!
 //! Run: `cargo bench --bench e2e_load`. Environment: E2E_CLIENTS (50), E2E_SECONDS (5),
-//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle), E2E_PROXY_THREADS (cores).
+//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle), E2E_PROXIES
+//! (switchboard,nginx,haproxy), E2E_PROXY_THREADS (tokio workers of switchboard; default: cores).
 //! nginx and HAProxy are measured too when installed (`apt-get install nginx-light haproxy`).
 
 use std::net::SocketAddr;
@@ -397,9 +398,11 @@ fn main() {
             window.as_secs()
         );
         let backend = echo_backend().await;
-        let names = ["switchboard", "nginx", "haproxy"];
+        let only = std::env::var("E2E_PROXIES").unwrap_or_else(|_| "switchboard,nginx,haproxy".into());
+        let names: Vec<&'static str> =
+            ["switchboard", "nginx", "haproxy"].into_iter().filter(|n| only.split(',').any(|o| o == *n)).collect();
         let mut proxies = Vec::new();
-        for name in names {
+        for &name in &names {
             match Proxy::start(name, backend).await {
                 Some(p) => proxies.push(p),
                 None => println!("{name}: not installed or did not start; skipped"),

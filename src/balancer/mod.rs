@@ -71,22 +71,35 @@ impl Drop for Lease {
     }
 }
 
-/// Backends already tried for one request, so a retry goes to the next choice.
+/// Most connect attempts per request (as HAProxy's default `retries 3`).
+const MAX_ATTEMPTS: usize = 3;
+
+/// Backends already tried for one request, so a retry goes to the next choice. Inline: a pick
+/// must not allocate.
 #[derive(Default, Debug)]
-pub struct Tried(Vec<usize>);
+pub struct Tried {
+    indices: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
 
 impl Tried {
     /// Whether `index` was tried.
     pub fn contains(&self, index: usize) -> bool {
-        self.0.contains(&index)
+        self.indices[..self.len].contains(&index)
     }
     /// How many were tried.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len
     }
     /// True before the first attempt.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
+    }
+    fn push(&mut self, index: usize) {
+        if self.len < MAX_ATTEMPTS {
+            self.indices[self.len] = index;
+            self.len += 1;
+        }
     }
 }
 
@@ -106,7 +119,7 @@ pub struct Balancer {
     /// Used when sticky-hash finds no key in the request.
     fallback: LeastConn,
     key: Option<HashKeySpec>,
-    /// Connect attempts per request: every backend once, at most three (as HAProxy's `retries`).
+    /// Connect attempts per request: every backend once, at most [`MAX_ATTEMPTS`].
     max_attempts: usize,
     /// A backend that failed to connect is skipped for this long.
     retry_after_ms: u64,
@@ -144,12 +157,14 @@ impl Balancer {
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let strategy = match upstream.balance {
             Balance::LeastConn => Strategy::LeastConn(LeastConn::new()),
-            Balance::StickyHash => Strategy::StickyHash(StickyHash::new(upstream.load_factor)),
+            Balance::StickyHash => {
+                Strategy::StickyHash(StickyHash::new(upstream.load_factor, &weights))
+            }
             Balance::RoundRobin => Strategy::RoundRobin(RoundRobin::new(&weights)),
         };
         Balancer {
             name: upstream.name.clone(),
-            max_attempts: backends.len().min(3),
+            max_attempts: backends.len().min(MAX_ATTEMPTS),
             backends,
             strategy,
             fallback: LeastConn::new(),
@@ -179,12 +194,17 @@ impl Balancer {
     /// down, they are tried anyway (a fast refusal beats a guess). `key` is the request's hash
     /// key (sticky-hash); `None` makes sticky-hash fall back to least-conn.
     pub fn pick(&self, key: Option<u64>, tried: &mut Tried) -> Option<Pick> {
-        let now = self.now_ms();
-        let healthy = |i: usize| !tried.contains(i) && self.is_available(i, now);
+        if tried.len() >= self.max_attempts.max(1) {
+            return None;
+        }
+        let now = std::cell::OnceCell::new();
+        let healthy = |i: usize| {
+            !tried.contains(i) && self.is_available(i, || *now.get_or_init(|| self.now_ms()))
+        };
         let index = self
             .choose(key, &healthy)
             .or_else(|| self.choose(key, &|i| !tried.contains(i)))?;
-        tried.0.push(index);
+        tried.push(index);
         Some(Pick {
             lease: Lease::new(self.backends[index].clone()),
             index,
@@ -221,9 +241,11 @@ impl Balancer {
         backend.metrics.up.set(1);
     }
 
-    fn is_available(&self, index: usize, now_ms: u64) -> bool {
+    /// Healthy, or failed long enough ago to be tried again. The clock is read only when a
+    /// backend has failed.
+    fn is_available(&self, index: usize, now_ms: impl FnOnce() -> u64) -> bool {
         let failed = self.backends[index].failed_at_ms.load(Ordering::Relaxed);
-        failed == 0 || now_ms.saturating_sub(failed) >= self.retry_after_ms
+        failed == 0 || now_ms().saturating_sub(failed) >= self.retry_after_ms
     }
 
     fn now_ms(&self) -> u64 {

@@ -25,12 +25,17 @@ use super::hash::fmix64;
 /// Sticky-hash strategy settings.
 pub struct StickyHash {
     load_factor: Option<f64>,
+    /// All weights equal: compare raw hashes, no floating point.
+    uniform: bool,
 }
 
 impl StickyHash {
-    /// `load_factor`: `None` for strict stickiness.
-    pub fn new(load_factor: Option<f64>) -> Self {
-        StickyHash { load_factor }
+    /// `load_factor`: `None` for strict stickiness; `weights` in backend order.
+    pub fn new(load_factor: Option<f64>, weights: &[u32]) -> Self {
+        StickyHash {
+            load_factor,
+            uniform: weights.windows(2).all(|w| w[0] == w[1]),
+        }
     }
 
     /// The key's highest-ranked eligible backend that is under its load bound. If the bound
@@ -41,7 +46,7 @@ impl StickyHash {
         key: u64,
         eligible: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let uniform = backends.windows(2).all(|w| w[0].weight == w[1].weight);
+        let uniform = self.uniform;
         if let Some(factor) = self.load_factor {
             let live: usize = backends.iter().map(|b| b.live()).sum();
             let total_weight: u64 = backends.iter().map(|b| b.weight as u64).sum();
