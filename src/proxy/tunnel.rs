@@ -73,6 +73,16 @@ pub enum Side {
     Backend,
 }
 
+impl Side {
+    /// For log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
+    }
+}
+
 /// Everything a tunnel holds for its life: what it counts against, and where to report.
 pub struct Tunnel {
     /// The running proxy (metrics, timeouts, shutdown).
@@ -126,7 +136,7 @@ impl Tunnel {
             bytes_to_backend = splice.to_backend.bytes,
             bytes_to_client = splice.to_client.bytes,
             reason = reason.as_str(),
-            first_to_close = ?splice.first_closed,
+            first_to_close = splice.first_closed.map_or("none", Side::as_str),
             "tunnel closed"
         );
     }
