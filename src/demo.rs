@@ -79,8 +79,9 @@ servers = [{}]
         crate::shutdown::signal().await;
         trigger.trigger();
     });
-    crate::run(config, listeners, shutdown, Metrics::new()).await;
-    Ok(())
+    crate::run(config, listeners, shutdown, Metrics::new())
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// Rooms of one backend: name → broadcast channel of JSON lines.

@@ -28,6 +28,9 @@ pub enum ProxyError {
         /// The request path.
         path: String,
     },
+    /// CONNECT other than an RFC 8441 WebSocket.
+    #[error("CONNECT is only accepted for WebSockets over HTTP/2")]
+    MethodNotAllowed,
     /// The upstream has no backend left to try.
     #[error("upstream {upstream} has no backend left to try")]
     NoBackend {
@@ -73,6 +76,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -84,7 +88,7 @@ impl ProxyError {
     /// Who is at fault.
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute { .. } => Blame::Client,
+            ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed => Blame::Client,
             ProxyError::NoBackend { .. }
             | ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
@@ -96,7 +100,7 @@ impl ProxyError {
     /// The `outcome` label of `switchboard_upgrades_total` for a failed handshake.
     pub fn upgrade_outcome(&self) -> &'static str {
         match self {
-            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed => "no_route",
             ProxyError::NoBackend { .. } | ProxyError::Connect { .. } => "connect_error",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::Backend { .. } | ProxyError::BadUpgrade { .. } => "bad_response",

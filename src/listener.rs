@@ -46,7 +46,7 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 /// Accepts until draining starts, handing each connection with its slot to `serve`.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     metrics: Metrics,
     shutdown: Shutdown,
     connections: TaskTracker,
@@ -55,7 +55,6 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections));
     let drain = shutdown.drain_token().clone();
     loop {
         let permit = tokio::select! {

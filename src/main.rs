@@ -110,8 +110,13 @@ fn serve(config: Config) -> ExitCode {
             switchboard::shutdown::signal().await;
             trigger.trigger();
         });
-        switchboard::run(config, listeners, shutdown, Metrics::new()).await;
-        ExitCode::SUCCESS
+        match switchboard::run(config, listeners, shutdown, Metrics::new()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
@@ -124,7 +129,12 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
     };
     println!("{}: ok", path.display());
-    println!("listen {}", config.listen);
+    if let Some(plain) = config.plain_listen() {
+        println!("listen {plain} (http)");
+    }
+    if let Some(tls) = config.tls_listen() {
+        println!("listen {tls} (https)");
+    }
     if let Some(admin) = config.admin {
         println!("admin  {admin}");
     }
@@ -140,6 +150,23 @@ fn check(path: &std::path::Path) -> ExitCode {
             route.path_prefix, config.upstreams[route.upstream].name
         );
     }
+    if let Some(tls) = &config.tls {
+        println!("certificates:");
+        for (i, cert) in tls.certificates.iter().enumerate() {
+            let chosen_for = if cert.server_names.is_empty() {
+                "its own names".to_owned()
+            } else {
+                cert.server_names.join(", ")
+            };
+            println!(
+                "  {}{}: names {}; chosen for {chosen_for}; expires {}",
+                cert.cert.display(),
+                if i == 0 { " (default)" } else { "" },
+                cert.info.names.join(", "),
+                cert.info.not_after_text,
+            );
+        }
+    }
     println!("upstreams:");
     for upstream in &config.upstreams {
         let mut strategy = format!("{:?}", upstream.balance);
@@ -148,6 +175,16 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         if let Some(factor) = upstream.load_factor {
             strategy.push_str(&format!(", load_factor {factor}"));
+        }
+        if let Some(tls) = &upstream.tls {
+            let ca = tls
+                .ca
+                .as_ref()
+                .map_or("system roots".to_owned(), |p| p.display().to_string());
+            strategy.push_str(&format!(
+                ", TLS to backends as {} trusting {ca}",
+                tls.server_name
+            ));
         }
         println!("  {} ({strategy})", upstream.name);
         for server in &upstream.servers {

@@ -50,6 +50,16 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     /// Sticky-hash picks that had no key and fell back to least-conn.
     pub balancer_fallback_total: IntCounterVec,
+    /// TLS handshakes by outcome and protocol version.
+    pub tls_handshakes_total: IntCounterVec,
+    /// Time from the first byte to a finished TLS handshake.
+    pub tls_handshake_duration_seconds: Histogram,
+    /// Application protocol chosen by ALPN.
+    pub tls_alpn_total: IntCounterVec,
+    /// Expiry of each served certificate, seconds since the epoch.
+    pub tls_cert_not_after_seconds: IntGaugeVec,
+    /// Certificate reloads from disk by outcome.
+    pub tls_cert_reloads_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,8 +86,11 @@ impl Metrics {
             )
             .expect("valid metric"),
             tunnels_active: IntGaugeVec::new(
-                Opts::new("switchboard_tunnels_active", "Live WebSocket tunnels."),
-                &["upstream", "backend"],
+                Opts::new(
+                    "switchboard_tunnels_active",
+                    "Live WebSocket tunnels; protocol is the client's: http1 (Upgrade) or h2 (RFC 8441).",
+                ),
+                &["upstream", "backend", "protocol"],
             )
             .expect("valid metric"),
             upgrades_total: IntCounterVec::new(
@@ -86,7 +99,7 @@ impl Metrics {
                     "WebSocket handshakes by outcome: upgraded, rejected (backend answered non-101), \
                      connect_error, timeout, bad_response.",
                 ),
-                &["upstream", "backend", "outcome"],
+                &["upstream", "backend", "outcome", "protocol"],
             )
             .expect("valid metric"),
             upgrade_duration_seconds: HistogramVec::new(
@@ -156,6 +169,46 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            tls_handshakes_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_tls_handshakes_total",
+                    "TLS handshakes by outcome (ok, error, timeout, plain_http) and version.",
+                ),
+                &["outcome", "version"],
+            )
+            .expect("valid metric"),
+            tls_handshake_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "switchboard_tls_handshake_duration_seconds",
+                    "Time from the client's first byte to a finished TLS handshake.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            tls_alpn_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_tls_alpn_total",
+                    "TLS connections by ALPN protocol (h2, http/1.1, none).",
+                ),
+                &["protocol"],
+            )
+            .expect("valid metric"),
+            tls_cert_not_after_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_tls_cert_not_after_seconds",
+                    "Expiry of each served certificate (by file), seconds since the Unix epoch.",
+                ),
+                &["cert"],
+            )
+            .expect("valid metric"),
+            tls_cert_reloads_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_tls_cert_reloads_total",
+                    "Certificate reloads from disk by outcome; on error the previous certificate stays.",
+                ),
+                &["cert", "outcome"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -177,6 +230,11 @@ impl Metrics {
             Box::new(self.http_request_duration_seconds.clone()),
             Box::new(self.backend_up.clone()),
             Box::new(self.balancer_fallback_total.clone()),
+            Box::new(self.tls_handshakes_total.clone()),
+            Box::new(self.tls_handshake_duration_seconds.clone()),
+            Box::new(self.tls_alpn_total.clone()),
+            Box::new(self.tls_cert_not_after_seconds.clone()),
+            Box::new(self.tls_cert_reloads_total.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");
@@ -206,7 +264,12 @@ impl Metrics {
         let up = self.backend_up.with_label_values(&[upstream, backend]);
         up.set(1);
         BackendMetrics {
-            tunnels_active: self.tunnels_active.with_label_values(&[upstream, backend]),
+            tunnels_active: [
+                self.tunnels_active
+                    .with_label_values(&[upstream, backend, "http1"]),
+                self.tunnels_active
+                    .with_label_values(&[upstream, backend, "h2"]),
+            ],
             up,
         }
     }
@@ -246,8 +309,8 @@ pub struct UpstreamMetrics {
 /// Per-backend handles.
 #[derive(Clone)]
 pub struct BackendMetrics {
-    /// Live tunnels on this backend.
-    pub tunnels_active: IntGauge,
+    /// Live tunnels on this backend: `[http1, h2]` by the client's protocol.
+    pub tunnels_active: [IntGauge; 2],
     /// Passive health.
     pub up: IntGauge,
 }

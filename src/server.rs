@@ -1,49 +1,112 @@
-//! One client connection: hyper's HTTP/1.1 server with upgrades, limits and graceful shutdown.
+//! One client connection: TLS (if the listener has it), then hyper's HTTP/1.1 or HTTP/2 server,
+//! with limits and graceful shutdown.
 //!
-//! hyper answers malformed requests itself: garbage gets 400 and oversized heads 431, and the
-//! connection is closed. A head must arrive within `limits.header_read_timeout`.
+//! The HTTP version is chosen per connection: by ALPN on TLS listeners, and on plain listeners
+//! by the HTTP/2 connection preface ("prior knowledge" h2c, RFC 9113 §3.3). HTTP/2 connections
+//! accept extended CONNECT (RFC 8441) so browsers can open WebSockets over them. hyper answers
+//! malformed HTTP/1.1 itself: garbage gets 400 and oversized heads 431, and the connection is
+//! closed. A head must arrive within `limits.header_read_timeout`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::config::Limits;
-use crate::proxy::{self, ConnInfo, Proxy};
+use crate::proxy::{self, ClientProtocol, ConnInfo, ConnectionGuard, Proxy};
+use crate::tls::server::TlsTerminator;
 
-/// Serves HTTP/1.1 on `stream` until the client closes, the connection upgrades, or shutdown.
+/// The HTTP/2 connection preface a prior-knowledge client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one accepted connection until the client closes, it upgrades, or shutdown.
 pub async fn serve_connection(
     proxy: Arc<Proxy>,
     limits: Arc<Limits>,
     stream: TcpStream,
-    conn: ConnInfo,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+    tls: Option<Arc<TlsTerminator>>,
 ) {
-    let peer: SocketAddr = conn.peer;
-    let conn = Arc::new(conn);
-    let drain = proxy.shutdown.drain_token().clone();
-    let force = proxy.shutdown.force_token().clone();
-    let service = {
-        let proxy = proxy.clone();
-        service_fn(move |req| {
-            let proxy = proxy.clone();
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(proxy, req, conn).await) }
-        })
-    };
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_header_size(limits.max_header_bytes)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
     let span = tracing::debug_span!("conn", %peer);
     async move {
+        match tls {
+            Some(tls) => {
+                let Some(accepted) = tls.accept(stream).await else {
+                    return;
+                };
+                let protocol = if accepted.h2 {
+                    ClientProtocol::H2
+                } else {
+                    ClientProtocol::Http1
+                };
+                let conn = ConnInfo {
+                    peer,
+                    proto: "https",
+                    protocol,
+                    guard,
+                };
+                serve_http(proxy, limits, accepted.stream, conn).await;
+            }
+            None => {
+                let Some(protocol) = sniff_protocol(&stream, limits.header_read_timeout).await
+                else {
+                    return;
+                };
+                let conn = ConnInfo {
+                    peer,
+                    proto: "http",
+                    protocol,
+                    guard,
+                };
+                serve_http(proxy, limits, stream, conn).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// HTTP/2 if the client starts with the h2 preface, else HTTP/1.1. Looks at the first bytes
+/// without consuming them. `None`: the client closed or sent nothing in time.
+async fn sniff_protocol(stream: &TcpStream, timeout: Duration) -> Option<ClientProtocol> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = [0u8; 3];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut first))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !H2_PREFACE.starts_with(&first[..n]) {
+            return Some(ClientProtocol::Http1);
+        }
+        if n == first.len() {
+            // "PRI" is no HTTP/1.1 method: the preface was designed to be told apart this way.
+            return Some(ClientProtocol::H2);
+        }
+        // Fewer than three bytes so far, all matching the preface: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Runs a hyper connection; on drain asks it to finish (HTTP/1.1: after the current request;
+/// HTTP/2: GOAWAY, while open streams and their tunnels continue), and on force drops it. A
+/// macro because hyper's two connection types share `graceful_shutdown` only by name.
+macro_rules! drive {
+    ($proxy:expr, $connection:expr) => {{
+        let drain = $proxy.shutdown.drain_token().clone();
+        let force = $proxy.shutdown.force_token().clone();
+        let connection = $connection;
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
@@ -58,7 +121,46 @@ pub async fn serve_connection(
         if let Err(e) = result {
             tracing::debug!(error = %proxy::http::error_chain(&e), "connection ended with an error");
         }
+    }};
+}
+
+async fn serve_http<I>(proxy: Arc<Proxy>, limits: Arc<Limits>, io: I, conn: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let protocol = conn.protocol;
+    let conn = Arc::new(conn);
+    let service = {
+        let proxy = proxy.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(proxy, req, conn).await) }
+        })
+    };
+    let io = TokioIo::new(io);
+    match protocol {
+        ClientProtocol::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(limits.max_header_bytes)
+                .keep_alive(true)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive!(proxy, connection);
+        }
+        ClientProtocol::H2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .enable_connect_protocol()
+                // Flow control bounds what one stream (one tunnel) can buffer here.
+                .initial_stream_window_size(256 * 1024)
+                .initial_connection_window_size(1024 * 1024)
+                .max_concurrent_streams(1024)
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .serve_connection(io, service);
+            drive!(proxy, connection);
+        }
     }
-    .instrument(span)
-    .await
 }

@@ -51,7 +51,8 @@ async fn live_tunnel_survives_the_drain_and_ends_the_run_when_it_closes() {
     tokio::time::timeout(DEADLINE, sb.task)
         .await
         .expect("run returns once the tunnel is gone")
-        .unwrap();
+        .unwrap()
+        .expect("run ended cleanly");
 }
 
 #[tokio::test]
@@ -68,7 +69,8 @@ async fn tunnels_are_closed_when_the_grace_period_ends() {
     tokio::time::timeout(DEADLINE, sb.task)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("run ended cleanly");
 }
 
 #[tokio::test]
@@ -107,7 +109,8 @@ async fn in_flight_request_finishes_during_the_drain() {
     tokio::time::timeout(DEADLINE, sb.task)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("run ended cleanly");
 }
 
 #[tokio::test]

@@ -271,6 +271,7 @@ mod tests {
             balance,
             hash_key: (balance == Balance::StickyHash).then_some(HashKeySpec::Ip),
             load_factor: None,
+            tls: None,
             servers: weights
                 .iter()
                 .enumerate()

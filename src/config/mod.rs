@@ -11,7 +11,8 @@ mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use duration::parse_duration;
@@ -29,10 +30,69 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Log output format.
     pub log_format: LogFormat,
+    /// TLS termination, if configured.
+    pub tls: Option<TlsConfig>,
     /// Routes in file order; the router orders them by specificity.
     pub routes: Vec<Route>,
     /// Upstreams sorted by name; routes refer to them by index.
     pub upstreams: Vec<Upstream>,
+}
+
+impl Config {
+    /// The plain-HTTP listener: `listen`, unless `[tls]` without its own `listen` made it TLS.
+    pub fn plain_listen(&self) -> Option<SocketAddr> {
+        match &self.tls {
+            Some(tls) if tls.listen.is_none() => None,
+            _ => Some(self.listen),
+        }
+    }
+
+    /// The TLS listener: `tls.listen`, or `listen` when `[tls]` has none.
+    pub fn tls_listen(&self) -> Option<SocketAddr> {
+        self.tls
+            .as_ref()
+            .map(|tls| tls.listen.unwrap_or(self.listen))
+    }
+}
+
+/// TLS termination settings, with the certificates already loaded and checked.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// A separate TLS listener; `None` makes the top-level `listen` the TLS listener.
+    pub listen: Option<SocketAddr>,
+    /// The default certificate first, then the `[[tls.certificates]]` in file order.
+    pub certificates: Vec<Certificate>,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How often certificate files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// One certificate and the names it is chosen for.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// SNI names (lower case; `*.example.com` for wildcards) this certificate answers; for the
+    /// default certificate also the fallback for every other name.
+    pub server_names: Vec<String>,
+    /// PEM chain file.
+    pub cert: PathBuf,
+    /// PEM private key file.
+    pub key: PathBuf,
+    /// The loaded key and chain, checked to match.
+    pub loaded: Arc<rustls::sign::CertifiedKey>,
+    /// Names and expiry read from the leaf certificate.
+    pub info: crate::tls::CertInfo,
+}
+
+/// TLS from switchboard to an upstream's backends.
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// The name the backends' certificate must carry (also sent as SNI).
+    pub server_name: String,
+    /// The CA file that signs the backends' certificates; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The client configuration built from the above.
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 /// Limits that protect the front end from too many or too large clients.
@@ -107,6 +167,8 @@ pub struct Upstream {
     pub hash_key: Option<HashKeySpec>,
     /// Bounded-load factor for sticky-hash (`None`: strict stickiness).
     pub load_factor: Option<f64>,
+    /// TLS to the backends, if configured.
+    pub tls: Option<BackendTls>,
     /// Backends in file order.
     pub servers: Vec<Server>,
 }

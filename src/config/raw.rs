@@ -1,5 +1,6 @@
 //! The configuration exactly as the TOML file spells it.
 //!
+//! Field meanings are documented in `config/switchboard.toml`; these structs only mirror it.
 //! Every struct denies unknown fields so that a typo is an error with a line number rather than a
 //! silently ignored setting. Values that need a semantic check later keep their span
 //! (`toml::Spanned`) so the error can point at the line.
@@ -20,6 +21,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub timeouts: Option<RawTimeouts>,
     pub log: Option<RawLog>,
+    pub tls: Option<RawTls>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "upstream")]
@@ -62,6 +64,36 @@ pub struct RawLog {
     pub format: Option<Spanned<String>>,
 }
 
+/// `[tls]`: TLS termination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<Spanned<String>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub certificates: Vec<Spanned<RawCertificate>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    pub reload_interval: Option<Spanned<String>>,
+}
+
+/// One `[[tls.certificates]]`, chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub server_names: Option<Spanned<Vec<String>>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `tls = { server_name = "…", ca = "…" }` on an upstream: TLS to the backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    pub server_name: Spanned<String>,
+    pub ca: Option<Spanned<String>>,
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +110,7 @@ pub struct RawUpstream {
     pub balance: Option<Spanned<String>>,
     pub hash_key: Option<Spanned<String>>,
     pub load_factor: Option<Spanned<f64>>,
+    pub tls: Option<Spanned<RawBackendTls>>,
     pub servers: Spanned<Vec<Spanned<RawServer>>>,
 }
 

@@ -4,21 +4,61 @@
 //! safe: an idempotent method (RFC 9110 §9.2.2) and no body, since the body was consumed by the
 //! first attempt. Anything else gets 502 after its one attempt.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::{Body, Incoming};
+use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{RequestBody, ResponseBody};
 use super::headers;
 use super::{ConnInfo, Proxy};
 use crate::balancer::{Tried, key::key_hash};
+use crate::config::{Timeouts, Upstream};
 use crate::error::ProxyError;
 
-/// The pooled backend client shared by all plain requests.
-pub type BackendClient = Client<HttpConnector, RequestBody>;
+/// The pooled backend client of one upstream: plain HTTP, or HTTPS when the upstream has
+/// `tls = { … }` (then the certificate must carry the configured server name).
+pub type BackendClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Builds the pooled client for `upstream`.
+pub fn backend_client(
+    upstream: &Upstream,
+    timeouts: &Timeouts,
+    no_tls: Arc<rustls::ClientConfig>,
+) -> BackendClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeouts.connect));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let connector = match &upstream.tls {
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+                .expect("validated server name");
+            HttpsConnector::new(
+                http,
+                tls.client.clone(),
+                true,
+                Arc::new(FixedServerNameResolver::new(name)),
+            )
+        }
+        None => HttpsConnector::new(
+            http,
+            no_tls,
+            false,
+            Arc::new(DefaultServerNameResolver::default()),
+        ),
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
 
 /// Forwards one plain request to `upstream` and returns the backend's response head; the body
 /// streams afterwards.
@@ -42,6 +82,17 @@ pub async fn forward(
         conn.proto,
         host.as_deref(),
     );
+    // HTTP/2 (and absolute-form) requests carry the host in the URI; the backend needs `Host`.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    let scheme = if proxy.upstream_tls[upstream].is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -58,7 +109,7 @@ pub async fn forward(
                 upstream: balancer.name.clone(),
             })?;
         let backend = pick.lease.backend().clone();
-        let uri: Uri = format!("http://{}{}", backend.addr, path)
+        let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
             .parse()
             .map_err(|e| ProxyError::Backend {
                 backend: backend.name.clone(),
@@ -74,8 +125,11 @@ pub async fn forward(
             std::mem::take(&mut parts.headers)
         };
 
-        let sent =
-            tokio::time::timeout(proxy.timeouts.request, proxy.client.request(request)).await;
+        let sent = tokio::time::timeout(
+            proxy.timeouts.request,
+            proxy.clients[upstream].request(request),
+        )
+        .await;
         match sent {
             Err(_elapsed) => {
                 return Err(ProxyError::Timeout {

@@ -2,6 +2,7 @@
 //! upgrade and hand the two streams to a tunnel.
 
 pub mod body;
+pub mod connect;
 pub mod headers;
 pub mod http;
 pub mod router;
@@ -10,13 +11,9 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ::http::{Request, Response, header};
+use ::http::{Method, Request, Response, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
@@ -35,8 +32,10 @@ pub struct Proxy {
     pub router: Router,
     /// One balancer per upstream, in config order.
     pub balancers: Vec<Balancer>,
-    /// Pooled client for plain requests.
-    pub client: http::BackendClient,
+    /// Pooled client for plain requests, one per upstream (each with its own TLS settings).
+    pub clients: Vec<http::BackendClient>,
+    /// TLS connector and server name per upstream, for WebSocket backend connections.
+    pub upstream_tls: Vec<Option<connect::UpstreamTls>>,
     /// Timeouts for each phase.
     pub timeouts: Timeouts,
     /// Metric handles.
@@ -51,14 +50,24 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the request path for `config`.
     pub fn new(config: &Config, metrics: Metrics, shutdown: Shutdown) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        // Plain upstreams never use the TLS half of their connector; give them an empty config.
+        let no_tls = crate::tls::client::client_config_with_roots(rustls::RootCertStore::empty());
+        let clients = config
+            .upstreams
+            .iter()
+            .map(|u| http::backend_client(u, &config.timeouts, no_tls.clone()))
+            .collect();
+        let upstream_tls = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                u.tls.as_ref().map(|t| {
+                    let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
+                        .expect("validated server name");
+                    (tokio_rustls::TlsConnector::from(t.client.clone()), name)
+                })
+            })
+            .collect();
         Proxy {
             router: Router::new(&config.routes),
             balancers: config
@@ -66,7 +75,8 @@ impl Proxy {
                 .iter()
                 .map(|u| Balancer::new(u, config.timeouts.backend_retry, &metrics))
                 .collect(),
-            client,
+            clients,
+            upstream_tls,
             timeouts: config.timeouts.clone(),
             metrics,
             tunnels: TaskTracker::new(),
@@ -99,12 +109,41 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// The HTTP version a client connection speaks; WebSocket tunnels are labelled with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// HTTP/1.1: WebSockets by `Upgrade`.
+    Http1,
+    /// HTTP/2: WebSockets by extended CONNECT (RFC 8441).
+    H2,
+}
+
+impl ClientProtocol {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientProtocol::Http1 => "http1",
+            ClientProtocol::H2 => "h2",
+        }
+    }
+
+    /// Index into per-protocol metric handles.
+    pub fn index(self) -> usize {
+        match self {
+            ClientProtocol::Http1 => 0,
+            ClientProtocol::H2 => 1,
+        }
+    }
+}
+
 /// Facts about one client connection.
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto and Forwarded.
     pub proto: &'static str,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: ClientProtocol,
     /// The connection's slot.
     pub guard: ConnectionGuard,
 }
@@ -116,7 +155,19 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    let upgrade = headers::is_websocket_upgrade(&parts);
+    let upgrade = match conn.protocol {
+        ClientProtocol::Http1 => headers::is_websocket_upgrade(&parts),
+        ClientProtocol::H2 => websocket::is_extended_connect(&parts),
+    };
+    if parts.method == Method::CONNECT && !upgrade {
+        // switchboard is a reverse proxy, not a forward proxy: CONNECT only for WebSockets.
+        proxy
+            .metrics
+            .http_requests_total
+            .with_label_values(&["none", "405"])
+            .inc();
+        return error_response(&ProxyError::MethodNotAllowed);
+    }
     let Some(upstream) = proxy
         .router
         .route(router::request_host(&parts), parts.uri.path())

@@ -106,7 +106,8 @@ impl Tunnel {
         let started = Instant::now();
         let balancer = &self.proxy.balancers[self.upstream];
         let backend_state = self.lease.backend();
-        backend_state.metrics.tunnels_active.inc();
+        let active = &backend_state.metrics.tunnels_active[self.conn.protocol.index()];
+        active.inc();
         let mut splice = Splice::new(client, backend);
         let reason = tokio::select! {
             reason = splice.run(
@@ -117,7 +118,7 @@ impl Tunnel {
             ) => reason,
             _ = self.proxy.shutdown.force_token().cancelled() => CloseReason::Shutdown,
         };
-        backend_state.metrics.tunnels_active.dec();
+        active.dec();
         let lifetime = started.elapsed();
         balancer
             .metrics

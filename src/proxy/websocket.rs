@@ -1,31 +1,45 @@
-//! The two WebSocket handshakes (RFC 6455 §4): client → switchboard → backend.
+//! The two WebSocket handshakes: client → switchboard → backend.
 //!
-//! Each upgrade gets its own, unpooled backend connection driven `with_upgrades()`: a pooled
+//! Clients come in two ways. Over HTTP/1.1 (RFC 6455 §4) a GET with `Upgrade: websocket`: the
+//! client's `Sec-WebSocket-*` headers go to the backend unchanged and the backend's 101 (with
+//! its `Sec-WebSocket-Accept`, `-Protocol`, `-Extensions` and any cookies) goes back. Over
+//! HTTP/2 (RFC 8441) an extended CONNECT with `:protocol = websocket` on one stream of a shared
+//! connection: switchboard makes an HTTP/1.1 handshake of its own to the backend (its own
+//! `Sec-WebSocket-Key`, the `Sec-WebSocket-Accept` checked) and answers the stream 200.
+//!
+//! Each handshake gets its own, unpooled backend connection driven `with_upgrades()`: a pooled
 //! connection cannot be handed over to a tunnel, and without `with_upgrades` hyper drops the
-//! socket after the 101. The client's `Sec-WebSocket-*` headers go through unchanged and the
-//! backend's answer decides everything: a 101 becomes the client's 101 (with the backend's
-//! `Sec-WebSocket-Accept`, `-Protocol`, `-Extensions` and any cookies), anything else is passed
-//! to the client as is. Bytes either side sent right behind its handshake (a pipelined first
-//! frame, a server that speaks first) are kept by hyper in the upgraded stream's read buffer and
-//! reach the tunnel first.
+//! socket after the 101. A backend answer other than 101 goes to the client as is. Bytes either
+//! side sent right behind its handshake (a pipelined first frame, a server that speaks first)
+//! are kept by hyper in the upgraded stream's read buffer and reach the tunnel first.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::body::{RequestBody, ResponseBody};
 use super::http::error_chain;
-use super::{ConnInfo, Proxy, headers, tunnel};
-use crate::balancer::{Balancer, Pick, Tried, key::key_hash};
+use super::{ClientProtocol, ConnInfo, Proxy, connect, headers, tunnel};
+use crate::balancer::key::key_hash;
 use crate::error::ProxyError;
 
-/// Performs the backend handshake for an upgrade request and answers the client. On 101 a
-/// tracked tunnel task is spawned that splices the two streams once hyper has handed them over.
+/// True for an RFC 8441 WebSocket: HTTP/2 CONNECT with `:protocol = websocket`.
+pub fn is_extended_connect(parts: &http::request::Parts) -> bool {
+    parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Performs the backend handshake for a WebSocket request and answers the client. On success a
+/// tracked tunnel task is spawned that splices the two streams once hyper hands them over.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     upstream: usize,
@@ -34,37 +48,68 @@ pub async fn upgrade(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
     let balancer = &proxy.balancers[upstream];
+    let protocol = conn.protocol;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _empty_body) = req.into_parts();
     let key = balancer
         .key_spec()
         .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
 
-    let upgrade_value = parts
-        .headers
-        .get(header::UPGRADE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("websocket"));
-    let host = super::router::request_authority(&parts).map(str::to_owned);
+    let authority = super::router::request_authority(&parts).map(str::to_owned);
+    let upgrade_value = match protocol {
+        ClientProtocol::Http1 => parts.headers.get(header::UPGRADE).cloned(),
+        ClientProtocol::H2 => None,
+    }
+    .unwrap_or(HeaderValue::from_static("websocket"));
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
         conn.proto,
-        host.as_deref(),
+        authority.as_deref(),
     );
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(header::UPGRADE, upgrade_value);
+    let h = &mut parts.headers;
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, upgrade_value);
+    // An HTTP/2 client has no key of its own for the backend: switchboard makes one and checks
+    // the answer, as RFC 8441 §5 leaves the HTTP/1.1 hop to the proxy.
+    let own_key = match protocol {
+        ClientProtocol::Http1 => None,
+        ClientProtocol::H2 => {
+            let own = generate_key();
+            h.insert(
+                header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_str(&own).expect("base64 is a valid header"),
+            );
+            if !h.contains_key(header::SEC_WEBSOCKET_VERSION) {
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            Some(own)
+        }
+    };
+    if !h.contains_key(header::HOST)
+        && let Some(value) = authority
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        h.insert(header::HOST, value);
+    }
 
-    let (stream, pick) = connect(proxy, balancer, key).await?;
+    let (stream, pick) = connect::connect(proxy, upstream, key, protocol).await?;
     let backend = pick.lease.backend().clone();
     let record = |outcome: &str| {
         proxy
             .metrics
             .upgrades_total
-            .with_label_values(&[balancer.name.as_str(), backend.name.as_str(), outcome])
+            .with_label_values(&[
+                balancer.name.as_str(),
+                backend.name.as_str(),
+                outcome,
+                protocol.as_str(),
+            ])
             .inc();
     };
 
@@ -82,13 +127,15 @@ pub async fn upgrade(
         tokio::spawn(connection.with_upgrades());
         sender.send_request(request).await
     };
-    let response = match tokio::time::timeout(proxy.timeouts.handshake, exchange).await {
+    let timeout = proxy.timeouts.handshake;
+    let timed_out = |backend: &str| ProxyError::Timeout {
+        backend: backend.to_owned(),
+        timeout,
+    };
+    let mut response = match tokio::time::timeout(timeout, exchange).await {
         Err(_elapsed) => {
             record("timeout");
-            return Err(ProxyError::Timeout {
-                backend: backend.name.clone(),
-                timeout: proxy.timeouts.handshake,
-            });
+            return Err(timed_out(&backend.name));
         }
         Ok(Err(e)) => {
             record("bad_response");
@@ -119,31 +166,17 @@ pub async fn upgrade(
         ));
     }
 
-    let accepted_websocket = response
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if !accepted_websocket {
+    if !accepts(response.headers(), own_key.as_deref()) {
         record("bad_response");
         return Err(ProxyError::BadUpgrade {
             backend: backend.name.clone(),
         });
     }
-
-    let mut response = response;
     let backend_upgrade = hyper::upgrade::on(&mut response);
-    let (mut head, _empty) = response.into_parts();
-    let backend_upgrade_value = head
-        .headers
-        .get(header::UPGRADE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("websocket"));
-    headers::remove_hop_by_hop(&mut head.headers);
-    head.headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    head.headers.insert(header::UPGRADE, backend_upgrade_value);
+    let (head, _empty) = response.into_parts();
+    let client_headers = answer_headers(head.headers, protocol);
 
-    let backend_io = match tokio::time::timeout(proxy.timeouts.handshake, backend_upgrade).await {
+    let backend_io = match tokio::time::timeout(timeout, backend_upgrade).await {
         Ok(Ok(io)) => io,
         Ok(Err(e)) => {
             record("bad_response");
@@ -154,15 +187,12 @@ pub async fn upgrade(
         }
         Err(_) => {
             record("timeout");
-            return Err(ProxyError::Timeout {
-                backend: backend.name.clone(),
-                timeout: proxy.timeouts.handshake,
-            });
+            return Err(timed_out(&backend.name));
         }
     };
     record("upgraded");
     tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
-        handshake_ms = started.elapsed().as_millis() as u64, "websocket upgraded");
+        protocol = protocol.as_str(), handshake_ms = started.elapsed().as_millis() as u64, "websocket upgraded");
 
     let tunnel = tunnel::Tunnel {
         proxy: proxy.clone(),
@@ -184,53 +214,46 @@ pub async fn upgrade(
     });
 
     let mut reply = Response::new(ResponseBody::empty());
-    *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *reply.headers_mut() = head.headers;
+    *reply.status_mut() = match protocol {
+        ClientProtocol::Http1 => StatusCode::SWITCHING_PROTOCOLS,
+        ClientProtocol::H2 => StatusCode::OK,
+    };
+    *reply.headers_mut() = client_headers;
     Ok(reply)
 }
 
-/// Connects to the key's backend, or to the next ones while connects fail and attempts remain.
-async fn connect(
-    proxy: &Proxy,
-    balancer: &Balancer,
-    key: Option<u64>,
-) -> Result<(TcpStream, Pick), ProxyError> {
-    let mut tried = Tried::default();
-    loop {
-        let pick = balancer
-            .pick(key, &mut tried)
-            .ok_or_else(|| ProxyError::NoBackend {
-                upstream: balancer.name.clone(),
-            })?;
-        let backend = pick.lease.backend().clone();
-        let attempt =
-            tokio::time::timeout(proxy.timeouts.connect, TcpStream::connect(backend.addr)).await;
-        let error = match attempt {
-            Ok(Ok(stream)) => {
-                balancer.report_success(pick.index);
-                // Small WebSocket frames must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, pick));
-            }
-            Ok(Err(e)) => e,
-            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-        };
-        balancer.report_failure(pick.index);
-        proxy
-            .metrics
-            .upgrades_total
-            .with_label_values(&[
-                balancer.name.as_str(),
-                backend.name.as_str(),
-                "connect_error",
-            ])
-            .inc();
-        tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
-        if !balancer.may_retry(&tried) {
-            return Err(ProxyError::Connect {
-                backend: backend.name.clone(),
-                source: error,
-            });
+/// Whether the backend's 101 completes a WebSocket handshake: `Upgrade: websocket`, and when
+/// switchboard made the key, the matching `Sec-WebSocket-Accept` (RFC 6455 §4.2.2).
+fn accepts(headers: &HeaderMap, own_key: Option<&str>) -> bool {
+    let upgrade_ok = headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let accept_ok = match own_key {
+        None => true,
+        Some(key) => headers
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes()),
+    };
+    upgrade_ok && accept_ok
+}
+
+/// The headers of the client's answer, from the backend's 101: end-to-end headers as they came;
+/// for HTTP/1.1 `Connection`/`Upgrade` put back, for HTTP/2 the hop-only `Sec-WebSocket-Accept`
+/// dropped (the stream's 200 is the acceptance).
+fn answer_headers(mut backend: HeaderMap, protocol: ClientProtocol) -> HeaderMap {
+    let upgrade = backend
+        .get(header::UPGRADE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("websocket"));
+    headers::remove_hop_by_hop(&mut backend);
+    match protocol {
+        ClientProtocol::Http1 => {
+            backend.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            backend.insert(header::UPGRADE, upgrade);
+        }
+        ClientProtocol::H2 => {
+            backend.remove(header::SEC_WEBSOCKET_ACCEPT);
         }
     }
+    backend
 }

@@ -27,7 +27,7 @@ pub struct Switchboard {
     pub admin: SocketAddr,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
-    pub task: JoinHandle<()>,
+    pub task: JoinHandle<Result<(), switchboard::RunError>>,
 }
 
 impl Switchboard {
@@ -46,7 +46,8 @@ impl Switchboard {
         let task = tokio::spawn(switchboard::run(
             config,
             Listeners {
-                proxy,
+                plain: Some(proxy),
+                tls: None,
                 admin: Some(admin),
             },
             shutdown.clone(),
@@ -79,7 +80,8 @@ impl Switchboard {
         tokio::time::timeout(DEADLINE, self.task)
             .await
             .expect("switchboard stops within the deadline")
-            .expect("switchboard task did not panic");
+            .expect("switchboard task did not panic")
+            .expect("switchboard ran");
     }
 }
 

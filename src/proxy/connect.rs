@@ -1,0 +1,126 @@
+//! Opening a dedicated backend connection for a WebSocket handshake: TCP, then TLS when the
+//! upstream has `tls = { … }`, moving on to the next backend while connects fail.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{ClientProtocol, Proxy};
+use crate::balancer::{Balancer, Pick, Tried};
+use crate::error::ProxyError;
+
+/// A backend connection, plain or TLS. An enum rather than a boxed trait object: the tunnel
+/// polls it for every chunk.
+pub enum BackendStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the rustls state is large and only TLS upstreams pay for it).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to the key's backend, or to the next ones while connects (or backend TLS
+/// handshakes) fail and attempts remain. Each failure is counted and logged with its cause.
+pub async fn connect(
+    proxy: &Proxy,
+    upstream: usize,
+    key: Option<u64>,
+    protocol: ClientProtocol,
+) -> Result<(BackendStream, Pick), ProxyError> {
+    let balancer: &Balancer = &proxy.balancers[upstream];
+    let tls = proxy.upstream_tls[upstream].as_ref();
+    let mut tried = Tried::default();
+    loop {
+        let pick = balancer
+            .pick(key, &mut tried)
+            .ok_or_else(|| ProxyError::NoBackend {
+                upstream: balancer.name.clone(),
+            })?;
+        let backend = pick.lease.backend().clone();
+        let attempt = tokio::time::timeout(proxy.timeouts.connect, async {
+            let stream = TcpStream::connect(backend.addr).await?;
+            // Small WebSocket frames must not wait for Nagle.
+            stream.set_nodelay(true)?;
+            match tls {
+                None => Ok(BackendStream::Plain(stream)),
+                Some((connector, name)) => connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map(|s| BackendStream::Tls(Box::new(s))),
+            }
+        })
+        .await;
+        let error = match attempt {
+            Ok(Ok(stream)) => {
+                balancer.report_success(pick.index);
+                return Ok((stream, pick));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        };
+        balancer.report_failure(pick.index);
+        proxy
+            .metrics
+            .upgrades_total
+            .with_label_values(&[
+                balancer.name.as_str(),
+                backend.name.as_str(),
+                "connect_error",
+                protocol.as_str(),
+            ])
+            .inc();
+        tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
+        if !balancer.may_retry(&tried) {
+            return Err(ProxyError::Connect {
+                backend: backend.name.clone(),
+                source: error,
+            });
+        }
+    }
+}
+
+/// The connector and server name of a TLS upstream.
+pub type UpstreamTls = (TlsConnector, ServerName<'static>);
