@@ -8,6 +8,7 @@
 
 pub mod backends;
 pub mod clients;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,15 @@ pub struct Switchboard {
 impl Switchboard {
     /// Starts switchboard from TOML text; `listen` and `[admin]` are filled in with :0 sockets.
     pub async fn start(toml_body: &str) -> Switchboard {
+        Self::start_with(toml_body, false).await
+    }
+
+    /// Like [`Switchboard::start`], for a config whose `[tls]` makes `listen` a TLS listener.
+    pub async fn start_tls(toml_body: &str) -> Switchboard {
+        Self::start_with(toml_body, true).await
+    }
+
+    async fn start_with(toml_body: &str, tls: bool) -> Switchboard {
         let text =
             format!("listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml_body}");
         let config = switchboard::config::from_toml_str(&text, "test.toml")
@@ -43,11 +53,16 @@ impl Switchboard {
         let admin_addr = admin.local_addr().unwrap();
         let shutdown = Shutdown::new();
         let metrics = Metrics::new();
+        let (plain, tls) = if tls {
+            (None, Some(proxy))
+        } else {
+            (Some(proxy), None)
+        };
         let task = tokio::spawn(switchboard::run(
             config,
             Listeners {
-                plain: Some(proxy),
-                tls: None,
+                plain,
+                tls,
                 admin: Some(admin),
             },
             shutdown.clone(),
