@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,7 +74,7 @@ async fn echo_backend() -> SocketAddr {
     addr
 }
 
-async fn read_head(stream: &mut TcpStream) -> Option<()> {
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<()> {
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -87,10 +88,32 @@ async fn read_head(stream: &mut TcpStream) -> Option<()> {
         .or_else(|| head.starts_with(b"GET").then_some(()))
 }
 
-/// Connects and completes a WebSocket handshake.
-async fn open(addr: SocketAddr) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream.set_nodelay(true).ok()?;
+/// How clients reach a target: plain TCP (ws://) or TLS (wss://).
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects (with TLS when asked) and completes a WebSocket handshake.
+async fn open(addr: SocketAddr, transport: &Transport) -> Option<Box<dyn Io>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    let mut stream: Box<dyn Io> = match transport {
+        Transport::Plain => Box::new(tcp),
+        Transport::Tls(config) => {
+            let name = rustls::pki_types::ServerName::try_from("bench.test").ok()?;
+            Box::new(
+                tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .ok()?,
+            )
+        }
+    };
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
     );
@@ -124,6 +147,7 @@ struct EchoResult {
 /// `clients` connections, each sending one message and waiting for its echo, for `window`.
 async fn echo_load(
     addr: SocketAddr,
+    transport: &Transport,
     clients: usize,
     payload: usize,
     window: Duration,
@@ -134,9 +158,10 @@ async fn echo_load(
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let message = message.clone();
+        let transport = transport.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
-            let Some(mut stream) = open(addr).await else {
+            let Some(mut stream) = open(addr, &transport).await else {
                 return samples;
             };
             let mut back = vec![0u8; message.len()];
@@ -172,15 +197,21 @@ async fn echo_load(
 }
 
 /// Handshakes per second: `clients` workers opening and closing WebSockets for `window`.
-async fn handshake_load(addr: SocketAddr, clients: usize, window: Duration) -> f64 {
+async fn handshake_load(
+    addr: SocketAddr,
+    transport: &Transport,
+    clients: usize,
+    window: Duration,
+) -> f64 {
     let start = Instant::now();
     let deadline = start + window;
     let mut tasks = Vec::new();
     for _ in 0..clients {
+        let transport = transport.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
             while Instant::now() < deadline {
-                match open(addr).await {
+                match open(addr, &transport).await {
                     Some(_) => n += 1,
                     None => break,
                 }
@@ -214,7 +245,12 @@ fn find(program: &str) -> Option<std::path::PathBuf> {
 }
 
 impl Proxy {
-    async fn start(name: &'static str, backend: SocketAddr) -> Option<Proxy> {
+    /// Starts `name` in front of `backend`; with `tls`, its listener terminates TLS.
+    async fn start(
+        name: &'static str,
+        backend: SocketAddr,
+        tls: Option<&TlsFiles>,
+    ) -> Option<Proxy> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -232,7 +268,12 @@ impl Proxy {
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = \"{addr}\"\n[limits]\nmax_connections = 19000\n[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [\"{backend}\"]\n"
+                        "listen = \"{addr}\"\n[limits]\nmax_connections = 19000\n{}[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [\"{backend}\"]\n",
+                        tls.map_or(String::new(), |t| format!(
+                            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                            t.cert.display(),
+                            t.key.display()
+                        ))
                     ),
                 )
                 .ok()?;
@@ -252,9 +293,15 @@ impl Proxy {
                          events {{ worker_connections 19000; }}\n\
                          http {{\n  access_log off;\n  upstream echo {{ server {backend}; keepalive 64; }}\n\
                            map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-                           server {{\n    listen {addr} reuseport;\n    location / {{\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n\
+                           server {{\n    listen {addr} reuseport{ssl};\n{certs}    location / {{\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n\
                                   proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
-                        dir = dir.display()
+                        dir = dir.display(),
+                        ssl = if tls.is_some() { " ssl" } else { "" },
+                        certs = tls.map_or(String::new(), |t| format!(
+                            "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n",
+                            t.cert.display(),
+                            t.key.display()
+                        )),
                     ),
                 )
                 .ok()?;
@@ -268,7 +315,8 @@ impl Proxy {
                     &config,
                     format!(
                         "global\n  maxconn 9000\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
-                         frontend fe\n  bind {addr}\n  default_backend be\nbackend be\n  server s1 {backend}\n"
+                         frontend fe\n  bind {addr}{ssl}\n  default_backend be\nbackend be\n  server s1 {backend}\n",
+                        ssl = tls.map_or(String::new(), |t| format!(" ssl crt {}", t.combined.display()))
                     ),
                 )
                 .ok()?;
@@ -361,14 +409,20 @@ impl Drop for Proxy {
     }
 }
 
-async fn idle_memory(name: &'static str, backend: SocketAddr, idle: usize) -> Option<f64> {
-    let proxy = Proxy::start(name, backend).await?;
+async fn idle_memory(
+    name: &'static str,
+    backend: SocketAddr,
+    idle: usize,
+    tls: Option<&TlsFiles>,
+    transport: &Transport,
+) -> Option<f64> {
+    let proxy = Proxy::start(name, backend, tls).await?;
     let mut held = Vec::with_capacity(idle + 100);
     let ping = frame(64);
     let mut back = vec![0u8; ping.len()];
     let mut base = 0;
     for i in 0..idle + 100 {
-        let mut stream = open(proxy.addr).await?;
+        let mut stream = open(proxy.addr, transport).await?;
         stream.write_all(&ping).await.ok()?;
         stream.read_exact(&mut back).await.ok()?;
         held.push(stream);
@@ -378,6 +432,59 @@ async fn idle_memory(name: &'static str, backend: SocketAddr, idle: usize) -> Op
     }
     let (_, rss) = proxy.stat();
     Some(rss.saturating_sub(base) as f64 / idle as f64)
+}
+
+/// A certificate for "bench.test" from a CA made for the run, in the three forms the proxies
+/// read, and a client that trusts the CA and never resumes (every handshake is a full one).
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    combined: std::path::PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TlsFiles {
+    fn generate() -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec!["bench.test".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("leaf");
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-e2e-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        let files = TlsFiles {
+            cert: dir.join("bench.pem"),
+            key: dir.join("bench.key"),
+            combined: dir.join("bench-combined.pem"),
+            client: {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.der().clone()).expect("CA");
+                let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                config.resumption = rustls::client::Resumption::disabled();
+                Arc::new(config)
+            },
+        };
+        std::fs::write(&files.cert, leaf.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        std::fs::write(
+            &files.combined,
+            format!("{}{}", leaf.pem(), key.serialize_pem()),
+        )
+        .expect("write");
+        files
+    }
 }
 
 fn main() {
@@ -394,58 +501,122 @@ fn main() {
     runtime.block_on(async move {
         println!(
             "e2e_load: {clients} clients, {}s windows, {idle} idle tunnels. Clients and the echo backend run in this process; \
-             each proxy in its own. Ratios are to a direct run (no proxy) done just before.",
+             each proxy in its own. ws:// ratios are to a direct run (no proxy) done just before; wss:// ratios to nginx.",
             window.as_secs()
         );
         let backend = echo_backend().await;
         let only = std::env::var("E2E_PROXIES").unwrap_or_else(|_| "switchboard,nginx,haproxy".into());
-        let names: Vec<&'static str> =
-            ["switchboard", "nginx", "haproxy"].into_iter().filter(|n| only.split(',').any(|o| o == *n)).collect();
-        let mut proxies = Vec::new();
-        for &name in &names {
-            match Proxy::start(name, backend).await {
-                Some(p) => proxies.push(p),
-                None => println!("{name}: not installed or did not start; skipped"),
-            }
-        }
-        let rate = |r: &EchoResult| r.messages as f64 / r.elapsed.as_secs_f64();
-        let scenarios = std::env::var("E2E_SCENARIOS").unwrap_or_else(|_| "echo64,echo4k,handshake,idle".into());
+        let names: Vec<&'static str> = ["switchboard", "nginx", "haproxy"]
+            .into_iter()
+            .filter(|n| only.split(',').any(|o| o == *n))
+            .collect();
+        let scenarios = std::env::var("E2E_SCENARIOS").unwrap_or_else(|_| {
+            "echo64,echo4k,handshake,idle,wss_echo64,wss_handshake,wss_idle".into()
+        });
         let wanted = |s: &str| scenarios.split(',').any(|x| x == s);
-        for payload in [64usize, 4096] {
-            if !wanted(if payload == 64 { "echo64" } else { "echo4k" }) {
-                continue;
+        let plain = Transport::Plain;
+        let rate = |r: &EchoResult| r.messages as f64 / r.elapsed.as_secs_f64();
+
+        if ["echo64", "echo4k", "handshake"].iter().any(|s| wanted(s)) {
+            let mut proxies = Vec::new();
+            for &name in &names {
+                match Proxy::start(name, backend, None).await {
+                    Some(p) => proxies.push(p),
+                    None => println!("{name}: not installed or did not start; skipped"),
+                }
             }
-            for proxy in &proxies {
-                let direct = echo_load(backend, clients, payload, window).await;
+            for payload in [64usize, 4096] {
+                if !wanted(if payload == 64 { "echo64" } else { "echo4k" }) {
+                    continue;
+                }
+                for proxy in &proxies {
+                    let direct = echo_load(backend, &plain, clients, payload, window).await;
+                    let (cpu0, _) = proxy.stat();
+                    let via = echo_load(proxy.addr, &plain, clients, payload, window).await;
+                    let (cpu1, _) = proxy.stat();
+                    let cpu_us = (cpu1 - cpu0) * 1e6 / via.messages.max(1) as f64;
+                    println!(
+                        "echo {payload:>4} B {:<11}: {:>7.0} msg/s ({:.2}x direct {:>7.0}), p50 {:>4} us (direct {:>4}), p99 {:>5} us (direct {:>4}), proxy CPU {:>5.1} us/msg",
+                        proxy.name, rate(&via), rate(&via) / rate(&direct), rate(&direct), via.p50_us, direct.p50_us, via.p99_us, direct.p99_us, cpu_us
+                    );
+                }
+            }
+            for proxy in proxies.iter().filter(|_| wanted("handshake")) {
+                let direct = handshake_load(backend, &plain, clients.min(20), window).await;
                 let (cpu0, _) = proxy.stat();
-                let via = echo_load(proxy.addr, clients, payload, window).await;
+                let started = Instant::now();
+                let via = handshake_load(proxy.addr, &plain, clients.min(20), window).await;
                 let (cpu1, _) = proxy.stat();
-                let cpu_us = (cpu1 - cpu0) * 1e6 / via.messages.max(1) as f64;
+                let cpu_us = (cpu1 - cpu0) * 1e6 / (via * started.elapsed().as_secs_f64()).max(1.0);
                 println!(
-                    "echo {payload:>4} B {:<11}: {:>7.0} msg/s ({:.2}x direct {:>7.0}), p50 {:>4} us (direct {:>4}), p99 {:>5} us (direct {:>4}), proxy CPU {:>5.1} us/msg",
-                    proxy.name, rate(&via), rate(&via) / rate(&direct), rate(&direct), via.p50_us, direct.p50_us, via.p99_us, direct.p99_us, cpu_us
+                    "handshakes {:<11}: {via:>7.0}/s ({:.2}x direct {direct:>7.0}), proxy CPU {cpu_us:>5.1} us/handshake",
+                    proxy.name,
+                    via / direct
                 );
             }
         }
-        for proxy in proxies.iter().filter(|_| wanted("handshake")) {
-            let direct = handshake_load(backend, clients.min(20), window).await;
-            let (cpu0, _) = proxy.stat();
-            let started = Instant::now();
-            let via = handshake_load(proxy.addr, clients.min(20), window).await;
-            let (cpu1, _) = proxy.stat();
-            let cpu_us = (cpu1 - cpu0) * 1e6 / (via * started.elapsed().as_secs_f64()).max(1.0);
-            println!(
-                "handshakes {:<11}: {via:>7.0}/s ({:.2}x direct {direct:>7.0}), proxy CPU {cpu_us:>5.1} us/handshake",
-                proxy.name,
-                via / direct
-            );
-        }
-        drop(proxies);
-        for name in names.into_iter().filter(|_| wanted("idle")) {
-            match idle_memory(name, backend, idle).await {
+        for &name in names.iter().filter(|_| wanted("idle")) {
+            match idle_memory(name, backend, idle, None, &plain).await {
                 Some(kib) => println!("idle {name:<11}: {kib:.2} KiB RSS per idle tunnel ({idle} tunnels, each used once)"),
                 None => println!("idle {name:<11}: skipped"),
             }
         }
+
+        // wss:// (TLS terminated by the proxy; full handshakes, no resumption).
+        let tls = TlsFiles::generate();
+        let secure = Transport::Tls(tls.client.clone());
+        if wanted("wss_echo64") || wanted("wss_handshake") {
+            let mut proxies = Vec::new();
+            for &name in &names {
+                match Proxy::start(name, backend, Some(&tls)).await {
+                    Some(p) => proxies.push(p),
+                    None => println!("{name} (tls): not installed or did not start; skipped"),
+                }
+            }
+            let mut echo_rates = Vec::new();
+            for proxy in proxies.iter().filter(|_| wanted("wss_echo64")) {
+                let (cpu0, _) = proxy.stat();
+                let via = echo_load(proxy.addr, &secure, clients, 64, window).await;
+                let (cpu1, _) = proxy.stat();
+                let cpu_us = (cpu1 - cpu0) * 1e6 / via.messages.max(1) as f64;
+                echo_rates.push((proxy.name, rate(&via)));
+                println!(
+                    "wss echo 64 B {:<11}: {:>7.0} msg/s, p50 {:>4} us, p99 {:>5} us, proxy CPU {:>5.1} us/msg",
+                    proxy.name, rate(&via), via.p50_us, via.p99_us, cpu_us
+                );
+            }
+            let mut handshake_rates = Vec::new();
+            for proxy in proxies.iter().filter(|_| wanted("wss_handshake")) {
+                let (cpu0, _) = proxy.stat();
+                let started = Instant::now();
+                let via = handshake_load(proxy.addr, &secure, clients.min(20), window).await;
+                let (cpu1, _) = proxy.stat();
+                let cpu_us = (cpu1 - cpu0) * 1e6 / (via * started.elapsed().as_secs_f64()).max(1.0);
+                handshake_rates.push((proxy.name, via));
+                println!(
+                    "wss handshakes (TLS + upgrade) {:<11}: {via:>6.0}/s, proxy CPU {cpu_us:>6.1} us/handshake",
+                    proxy.name
+                );
+            }
+            let ratio = |rates: &[(&str, f64)]| {
+                let of = |n: &str| rates.iter().find(|(name, _)| *name == n).map(|(_, r)| *r);
+                match (of("switchboard"), of("nginx")) {
+                    (Some(sb), Some(nginx)) => format!("{:.2}x", sb / nginx),
+                    _ => "n/a".to_owned(),
+                }
+            };
+            println!(
+                "wss switchboard / nginx: echo {}, handshakes {}",
+                ratio(&echo_rates),
+                ratio(&handshake_rates)
+            );
+        }
+        for &name in names.iter().filter(|_| wanted("wss_idle")) {
+            match idle_memory(name, backend, idle, Some(&tls), &secure).await {
+                Some(kib) => println!("wss idle {name:<11}: {kib:.2} KiB RSS per idle TLS tunnel ({idle} tunnels, each used once)"),
+                None => println!("wss idle {name:<11}: skipped"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(tls.cert.parent().expect("cert dir"));
     });
 }

@@ -36,10 +36,18 @@ fn every_shipped_config_is_valid() {
         let text = std::fs::read_to_string(&path).unwrap();
         let referenced: Vec<&str> = text
             .split('"')
-            .filter(|s| s.starts_with("certs/") && !text.lines().any(|l| l.trim_start().starts_with('#') && l.contains(*s)))
+            .filter(|s| {
+                s.starts_with("certs/")
+                    && !text
+                        .lines()
+                        .any(|l| l.trim_start().starts_with('#') && l.contains(*s))
+            })
             .collect();
         for file in &referenced {
-            let stem = file.trim_start_matches("certs/").trim_end_matches(".pem").trim_end_matches(".key");
+            let stem = file
+                .trim_start_matches("certs/")
+                .trim_end_matches(".pem")
+                .trim_end_matches(".key");
             if referenced.contains(&format!("certs/{stem}.key").as_str()) {
                 if !certs.path(&format!("{stem}.key")).exists() {
                     ca.write_leaf(&certs, stem, &["example.com"]);
