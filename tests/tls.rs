@@ -429,3 +429,72 @@ async fn plain_and_tls_listeners_side_by_side() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_dropped_after_the_timeout() {
+    let ca = TestCa::new("test CA");
+    let dir = TempDir::new("slow");
+    let (cert, key) = ca.write_leaf(&dir, "site", &["site.test"]);
+    let echo = EchoBackend::start("echo").await;
+    let sb = Switchboard::start_tls(&format!(
+        "{}{}",
+        tls_table(&cert, &key, "handshake_timeout = \"200ms\""),
+        route_to(&format!("\"{}\"", echo.addr), "")
+    ))
+    .await;
+    // Connect and send nothing: switchboard closes the connection once the timeout passes.
+    let mut silent = raw_send(sb.addr, b"").await;
+    assert!(read_to_end(&mut silent).await.is_empty());
+    // Half a ClientHello, then silence: the same.
+    let mut partial = raw_send(sb.addr, &[0x16, 0x03, 0x01, 0x00, 0x80, 0x01]).await;
+    assert!(read_to_end(&mut partial).await.is_empty());
+    let text = sb.scrape().await;
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_tls_handshakes_total",
+            &[("outcome", "timeout")]
+        ),
+        2.0
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn check_reports_each_certificate_with_names_and_expiry() {
+    let ca = TestCa::new("test CA");
+    let dir = TempDir::new("check");
+    let (cert, key) = ca.write_leaf(&dir, "site", &["site.test", "www.site.test"]);
+    let (game_cert, game_key) = ca.write_leaf(&dir, "game", &["*.game.test"]);
+    let file = dir.path("check.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\n{}[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+            tls_table(&cert, &key, ""),
+            game_cert.display(),
+            game_key.display(),
+            route_to("\"127.0.0.1:1\"", "")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(https)"), "{stdout}");
+    assert!(
+        stdout.contains("site.pem (default): names site.test, www.site.test"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("game.pem: names *.game.test"), "{stdout}");
+    assert!(stdout.matches("expires").count() == 2, "{stdout}");
+}
