@@ -74,11 +74,7 @@ pub async fn connect(
     let tls = proxy.upstream_tls[upstream].as_ref();
     let mut tried = Tried::default();
     loop {
-        let pick = balancer
-            .pick(key, &mut tried)
-            .ok_or_else(|| ProxyError::NoBackend {
-                upstream: balancer.name.clone(),
-            })?;
+        let pick = proxy.pick(upstream, key, &mut tried)?;
         let backend = pick.lease.backend().clone();
         let attempt = tokio::time::timeout(proxy.timeouts.connect, async {
             let stream = TcpStream::connect(backend.addr).await?;
@@ -102,16 +98,7 @@ pub async fn connect(
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         balancer.report_failure(pick.index);
-        proxy
-            .metrics
-            .upgrades_total
-            .with_label_values(&[
-                balancer.name.as_str(),
-                backend.name.as_str(),
-                "connect_error",
-                protocol.as_str(),
-            ])
-            .inc();
+        proxy.count_upgrade(upstream, &backend, "connect_error", protocol);
         tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
         if !balancer.may_retry(&tried) {
             return Err(ProxyError::Connect {

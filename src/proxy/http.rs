@@ -103,11 +103,7 @@ pub async fn forward(
     let mut tried = Tried::default();
 
     loop {
-        let pick = balancer
-            .pick(key, &mut tried)
-            .ok_or_else(|| ProxyError::NoBackend {
-                upstream: balancer.name.clone(),
-            })?;
+        let pick = proxy.pick(upstream, key, &mut tried)?;
         let backend = pick.lease.backend().clone();
         let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
             .parse()

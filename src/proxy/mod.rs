@@ -18,7 +18,7 @@ use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
-use crate::balancer::Balancer;
+use crate::balancer::{Backend, Balancer, Pick, Tried};
 use crate::config::{Config, Timeouts};
 use crate::error::{Blame, ProxyError};
 use crate::metrics::Metrics;
@@ -82,6 +82,42 @@ impl Proxy {
             tunnels: TaskTracker::new(),
             shutdown,
         }
+    }
+}
+
+impl Proxy {
+    /// The next backend of `upstream` for this key, or the error that ends the request.
+    pub fn pick(
+        &self,
+        upstream: usize,
+        key: Option<u64>,
+        tried: &mut Tried,
+    ) -> Result<Pick, ProxyError> {
+        let balancer = &self.balancers[upstream];
+        balancer
+            .pick(key, tried)
+            .ok_or_else(|| ProxyError::NoBackend {
+                upstream: balancer.name.clone(),
+            })
+    }
+
+    /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total`.
+    pub fn count_upgrade(
+        &self,
+        upstream: usize,
+        backend: &Backend,
+        outcome: &str,
+        protocol: ClientProtocol,
+    ) {
+        self.metrics
+            .upgrades_total
+            .with_label_values(&[
+                self.balancers[upstream].name.as_str(),
+                backend.name.as_str(),
+                outcome,
+                protocol.as_str(),
+            ])
+            .inc();
     }
 }
 

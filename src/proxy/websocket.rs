@@ -100,18 +100,7 @@ pub async fn upgrade(
 
     let (stream, pick) = connect::connect(proxy, upstream, key, protocol).await?;
     let backend = pick.lease.backend().clone();
-    let record = |outcome: &str| {
-        proxy
-            .metrics
-            .upgrades_total
-            .with_label_values(&[
-                balancer.name.as_str(),
-                backend.name.as_str(),
-                outcome,
-                protocol.as_str(),
-            ])
-            .inc();
-    };
+    let record = |outcome: &str| proxy.count_upgrade(upstream, &backend, outcome, protocol);
 
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut request = Request::new(RequestBody::Empty);
