@@ -1,0 +1,292 @@
+//! Raw → typed. Every check that can fail lives here, so the running proxy trusts its config.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawLimits, RawTimeouts};
+use super::{
+    Config, ConfigError, HostPattern, Limits, LogFormat, Route, Timeouts, line_of, parse_duration,
+};
+
+mod tls;
+mod upstream;
+
+/// Largest weight accepted; keeps the round-robin schedule small.
+const MAX_WEIGHT: i64 = 256;
+
+/// Carries the source text so errors can turn spans into line numbers.
+pub(super) struct Checker<'a> {
+    src: &'a str,
+    origin: &'a str,
+}
+
+impl Checker<'_> {
+    pub(super) fn error<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            origin: self.origin.to_owned(),
+            line: Some(line_of(self.src, span.start)),
+            key: Some(key.to_owned()),
+            message: message.into(),
+            hint: hint.into(),
+        })
+    }
+
+    pub(super) fn addr(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        if let Ok(addr) = value.get_ref().parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let resolved = value
+            .get_ref()
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next());
+        match resolved {
+            Some(addr) => Ok(addr),
+            None => self.error(
+                value.span(),
+                key,
+                format!("`{}` is not a usable address", value.get_ref()),
+                Some("write \"IP:PORT\" or \"HOSTNAME:PORT\", e.g. \"127.0.0.1:8080\"".into()),
+            ),
+        }
+    }
+
+    pub(super) fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => self.error(value.span(), key, "must be longer than zero", None),
+            Ok(d) => Ok(d),
+            Err(message) => self.error(value.span(), key, message, None),
+        }
+    }
+
+    pub(super) fn count(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<usize, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let n = *value.get_ref();
+        if !range.contains(&n) {
+            return self.error(
+                value.span(),
+                key,
+                format!(
+                    "{n} is out of range; use {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+                None,
+            );
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Turns the raw file into a [`Config`] or the first error found, in file order.
+pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config, ConfigError> {
+    let check = Checker { src, origin };
+    let listen = check.addr(&raw.listen, "listen")?;
+    let admin = match &raw.admin {
+        Some(admin) => Some(check.addr(&admin.listen, "admin.listen")?),
+        None => None,
+    };
+    let limits = limits(&check, raw.limits.as_ref().unwrap_or(&RawLimits::default()))?;
+    let timeouts = timeouts(
+        &check,
+        raw.timeouts.as_ref().unwrap_or(&RawTimeouts::default()),
+    )?;
+    let log_format = match raw.log.as_ref().and_then(|log| log.format.as_ref()) {
+        None => LogFormat::Text,
+        Some(f) => match f.get_ref().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return check.error(
+                    f.span(),
+                    "log.format",
+                    format!("unknown log format `{other}`"),
+                    Some("use \"text\" or \"json\"".into()),
+                );
+            }
+        },
+    };
+
+    let tls = match &raw.tls {
+        Some(t) => Some(tls::tls(&check, t)?),
+        None => None,
+    };
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (name, upstream) in &raw.upstreams {
+        upstreams.push(upstream::upstream(&check, name, upstream)?);
+    }
+    let index: BTreeMap<&str, usize> = raw
+        .upstreams
+        .keys()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i))
+        .collect();
+
+    if raw.routes.is_empty() {
+        return check.error(
+            raw.listen.span(),
+            "route",
+            "no [[route]] is defined, so every request would be 404",
+            Some("add [[route]] with path_prefix = \"/\" and upstream = \"NAME\"".into()),
+        );
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for route in &raw.routes {
+        let r = route.get_ref();
+        let Some(&upstream) = index.get(r.upstream.get_ref().as_str()) else {
+            let known: Vec<&str> = index.keys().copied().collect();
+            return check.error(
+                r.upstream.span(),
+                "route.upstream",
+                format!("unknown upstream `{}`", r.upstream.get_ref()),
+                Some(if known.is_empty() {
+                    "define it with [upstream.NAME] and servers = [\"HOST:PORT\"]".to_owned()
+                } else {
+                    format!("defined upstreams: {}", known.join(", "))
+                }),
+            );
+        };
+        let host = match &r.host {
+            None => None,
+            Some(h) => Some(host_pattern(&check, h)?),
+        };
+        let path_prefix = match &r.path_prefix {
+            None => "/".to_owned(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                return check.error(
+                    p.span(),
+                    "route.path_prefix",
+                    format!("`{}` does not start with `/`", p.get_ref()),
+                    None,
+                );
+            }
+        };
+        routes.push(Route {
+            host,
+            path_prefix,
+            upstream,
+        });
+    }
+
+    Ok(Config {
+        listen,
+        admin,
+        limits,
+        timeouts,
+        log_format,
+        tls,
+        routes,
+        upstreams,
+    })
+}
+
+fn limits(check: &Checker, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    Ok(Limits {
+        max_connections: check.count(
+            &raw.max_connections,
+            "limits.max_connections",
+            10_000,
+            1..=10_000_000,
+        )?,
+        max_header_bytes: check.count(
+            &raw.max_header_bytes,
+            "limits.max_header_bytes",
+            32 * 1024,
+            1024..=1024 * 1024,
+        )?,
+        header_read_timeout: check.duration(
+            &raw.header_read_timeout,
+            "limits.header_read_timeout",
+            Duration::from_secs(10),
+        )?,
+    })
+}
+
+fn timeouts(check: &Checker, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+    let tunnel_idle = match &raw.tunnel_idle {
+        Some(v) if v.get_ref().trim() == "off" => None,
+        other => Some(check.duration(other, "timeouts.tunnel_idle", Duration::from_secs(3600))?),
+    };
+    Ok(Timeouts {
+        connect: check.duration(&raw.connect, "timeouts.connect", Duration::from_secs(3))?,
+        handshake: check.duration(
+            &raw.handshake,
+            "timeouts.handshake",
+            Duration::from_secs(10),
+        )?,
+        request: check.duration(&raw.request, "timeouts.request", Duration::from_secs(60))?,
+        tunnel_idle,
+        half_closed: check.duration(
+            &raw.half_closed,
+            "timeouts.half_closed",
+            Duration::from_secs(10),
+        )?,
+        shutdown_grace: check.duration(
+            &raw.shutdown_grace,
+            "timeouts.shutdown_grace",
+            Duration::from_secs(30),
+        )?,
+        backend_retry: check.duration(
+            &raw.backend_retry,
+            "timeouts.backend_retry",
+            Duration::from_secs(10),
+        )?,
+    })
+}
+
+fn host_pattern(check: &Checker, host: &Spanned<String>) -> Result<HostPattern, ConfigError> {
+    let name = host.get_ref().trim().to_ascii_lowercase();
+    let valid_label = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+    };
+    if let Some(suffix) = name.strip_prefix("*.") {
+        if valid_label(suffix) {
+            return Ok(HostPattern::Wildcard(format!(".{suffix}")));
+        }
+    } else if valid_label(&name) {
+        return Ok(HostPattern::Exact(name));
+    }
+    check.error(
+        host.span(),
+        "route.host",
+        format!("`{}` is not a host name", host.get_ref()),
+        Some("write \"chat.example.com\" or \"*.example.com\", without port or scheme".into()),
+    )
+}
