@@ -347,8 +347,8 @@ impl Proxy {
         })
     }
 
-    /// CPU seconds and RSS (KiB) of the process and its children (nginx's workers).
-    fn stat(&self) -> (f64, u64) {
+    /// The process and its direct children (nginx's workers), by PID.
+    fn pids(&self) -> Vec<u32> {
         let root = self.child.id();
         let mut pids = vec![root];
         if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -369,6 +369,12 @@ impl Proxy {
                 }
             }
         }
+        pids
+    }
+
+    /// CPU seconds and RSS (KiB) of the process and its children.
+    fn stat(&self) -> (f64, u64) {
+        let pids = self.pids();
         let mut cpu = 0.0;
         let mut rss = 0;
         for pid in pids {
@@ -396,14 +402,12 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // nginx's workers would outlive a killed master: end them too, by PID.
+        let workers: Vec<String> = self.pids().iter().skip(1).map(|p| p.to_string()).collect();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if self.name == "nginx" {
-            // nginx's workers outlive a killed master briefly; end those we started.
-            let _ = Command::new("pkill")
-                .arg("-f")
-                .arg(self.dir.display().to_string())
-                .status();
+        if !workers.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&workers).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
