@@ -7,13 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 use support::backends::{HttpBackend, SilentBackend, header_value, refusing_addr};
 use support::clients::{http_get, http_request, raw_send, read_head, read_to_end};
-use support::{Switchboard, metric};
-
-fn one_upstream(servers: &str, extra: &str) -> String {
-    format!(
-        "{extra}\n[[route]]\npath_prefix = \"/\"\nupstream = \"web\"\n[upstream.web]\nbalance = \"round-robin\"\nservers = [{servers}]\n"
-    )
-}
+use support::{Switchboard, metric, one_upstream};
 
 #[tokio::test]
 async fn requests_and_bodies_stream_both_ways() {

@@ -16,13 +16,7 @@ use support::clients::{
     client_frame, handshake_request, http_request, raw_send, read_exact, read_head, read_to_end,
     server_frame, ws_connect,
 };
-use support::{DEADLINE, Switchboard, eventually, metric};
-
-fn one_upstream(servers: &str, extra: &str) -> String {
-    format!(
-        "{extra}\n[[route]]\npath_prefix = \"/\"\nupstream = \"ws\"\n[upstream.ws]\nbalance = \"round-robin\"\nservers = [{servers}]\n"
-    )
-}
+use support::{DEADLINE, Switchboard, eventually, metric, one_upstream};
 
 async fn next_message(ws: &mut support::clients::Ws) -> Message {
     tokio::time::timeout(DEADLINE, ws.next())

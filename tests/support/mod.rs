@@ -100,6 +100,14 @@ impl Switchboard {
     }
 }
 
+/// A config body with one round-robin upstream `app` behind `path_prefix = "/"`, after `extra`
+/// (top-level tables such as `[timeouts]`). `servers` is the TOML list's inside.
+pub fn one_upstream(servers: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\n[upstream.app]\nbalance = \"round-robin\"\nservers = [{servers}]\n"
+    )
+}
+
 /// Re-checks `check` until it returns `Some`, failing the test after [`DEADLINE`]. For effects
 /// that happen after the action that caused them (a counter decremented when a task ends).
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
