@@ -398,3 +398,54 @@ async fn idle_tunnels_are_closed_after_the_idle_timeout() {
     assert_eq!(closed, 1.0);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_chunked_refusal_is_streamed_to_the_client() {
+    let (addr, _) = raw_backend(|mut stream, _head| async move {
+        stream
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        stream.write_all(b"5\r\nnope!\r\n0\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    })
+    .await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{addr}\""), "")).await;
+    let mut stream = raw_send(sb.addr, handshake_request("/chat", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    // Re-framed by switchboard: read the chunked body to its end.
+    let mut body = Vec::new();
+    while !body.ends_with(b"0\r\n\r\n") {
+        body.extend(read_exact(&mut stream, 1).await);
+        assert!(body.len() < 1024);
+    }
+    assert!(String::from_utf8_lossy(&body).contains("nope!"), "{body:?}");
+    drop(stream);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_101_head_split_across_segments_is_reassembled() {
+    let (addr, _) = raw_backend(|mut stream, head| async move {
+        let reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_key(&head)
+        );
+        let (first, second) = reply.split_at(20);
+        stream.write_all(first.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut rest = second.as_bytes().to_vec();
+        rest.extend(server_frame(0x1, b"after split"));
+        stream.write_all(&rest).await.unwrap();
+        let mut tail = Vec::new();
+        let _ = stream.read_to_end(&mut tail).await;
+    })
+    .await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{addr}\""), "")).await;
+    let mut ws = ws_connect(&sb.ws_url("/chat")).await;
+    assert_eq!(next_message(&mut ws).await, Message::text("after split"));
+    drop(ws);
+    sb.stop().await;
+}

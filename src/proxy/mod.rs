@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod connect;
+pub mod handshake;
 pub mod headers;
 pub mod http;
 pub mod router;

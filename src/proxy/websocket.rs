@@ -7,23 +7,24 @@
 //! connection: switchboard makes an HTTP/1.1 handshake of its own to the backend (its own
 //! `Sec-WebSocket-Key`, the `Sec-WebSocket-Accept` checked) and answers the stream 200.
 //!
-//! Each handshake gets its own, unpooled backend connection driven `with_upgrades()`: a pooled
-//! connection cannot be handed over to a tunnel, and without `with_upgrades` hyper drops the
-//! socket after the 101. A backend answer other than 101 goes to the client as is. Bytes either
-//! side sent right behind its handshake (a pipelined first frame, a server that speaks first)
-//! are kept by hyper in the upgraded stream's read buffer and reach the tunnel first.
+//! Each handshake gets its own, unpooled backend connection (a pooled one cannot be handed over
+//! to a tunnel); the backend half of the exchange is done by hand in [`handshake`]. A backend
+//! answer other than 101 goes to the client as is. Bytes either side sent right behind its
+//! handshake (a pipelined first frame, a server that speaks first) are kept, by hyper on the
+//! client side and by [`handshake::Prefixed`] on the backend side, and reach the tunnel first.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::ResponseBody;
+use super::handshake::{self, Answer};
 use super::http::error_chain;
 use super::{ClientProtocol, ConnInfo, Proxy, connect, headers, tunnel};
 use crate::balancer::key::key_hash;
@@ -103,28 +104,15 @@ pub async fn upgrade(
     let record = |outcome: &str| proxy.count_upgrade(upstream, &backend, outcome, protocol);
 
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut request = Request::new(RequestBody::Empty);
-    *request.uri_mut() = path
-        .parse()
-        .expect("a path and query taken from a valid URI");
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = parts.headers;
-
-    let exchange = async {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, RequestBody>(TokioIo::new(stream)).await?;
-        tokio::spawn(connection.with_upgrades());
-        sender.send_request(request).await
-    };
     let timeout = proxy.timeouts.handshake;
-    let timed_out = |backend: &str| ProxyError::Timeout {
-        backend: backend.to_owned(),
-        timeout,
-    };
-    let mut response = match tokio::time::timeout(timeout, exchange).await {
+    let exchange = handshake::exchange(stream, path, &parts.headers);
+    let answer = match tokio::time::timeout(timeout, exchange).await {
         Err(_elapsed) => {
             record("timeout");
-            return Err(timed_out(&backend.name));
+            return Err(ProxyError::Timeout {
+                backend: backend.name.clone(),
+                timeout,
+            });
         }
         Ok(Err(e)) => {
             record("bad_response");
@@ -133,52 +121,37 @@ pub async fn upgrade(
                 source: Box::new(e),
             });
         }
-        Ok(Ok(response)) => response,
+        Ok(Ok(answer)) => answer,
     };
     balancer
         .metrics
         .upgrade_duration
         .observe(started.elapsed().as_secs_f64());
 
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        record("rejected");
-        tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
-            status = response.status().as_u16(), "websocket handshake rejected by backend");
-        let (mut head, body) = response.into_parts();
-        headers::remove_hop_by_hop(&mut head.headers);
-        return Ok(Response::from_parts(
-            head,
-            ResponseBody::Backend {
-                body,
-                _lease: Some(pick.lease),
-            },
-        ));
-    }
-
-    if !accepts(response.headers(), own_key.as_deref()) {
+    let (backend_headers, backend_io) = match answer {
+        Answer::Other(response) => {
+            record("rejected");
+            tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
+                status = response.status().as_u16(), "websocket handshake rejected by backend");
+            let (mut head, body) = response.into_parts();
+            headers::remove_hop_by_hop(&mut head.headers);
+            return Ok(Response::from_parts(
+                head,
+                ResponseBody::Backend {
+                    body,
+                    _lease: Some(pick.lease),
+                },
+            ));
+        }
+        Answer::Switched { headers, stream } => (headers, stream),
+    };
+    if !accepts(&backend_headers, own_key.as_deref()) {
         record("bad_response");
         return Err(ProxyError::BadUpgrade {
             backend: backend.name.clone(),
         });
     }
-    let backend_upgrade = hyper::upgrade::on(&mut response);
-    let (head, _empty) = response.into_parts();
-    let client_headers = answer_headers(head.headers, protocol);
-
-    let backend_io = match tokio::time::timeout(timeout, backend_upgrade).await {
-        Ok(Ok(io)) => io,
-        Ok(Err(e)) => {
-            record("bad_response");
-            return Err(ProxyError::Backend {
-                backend: backend.name.clone(),
-                source: Box::new(e),
-            });
-        }
-        Err(_) => {
-            record("timeout");
-            return Err(timed_out(&backend.name));
-        }
-    };
+    let client_headers = answer_headers(backend_headers, protocol);
     record("upgraded");
     tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
         protocol = protocol.as_str(), handshake_ms = started.elapsed().as_millis() as u64, "websocket upgraded");
@@ -191,11 +164,7 @@ pub async fn upgrade(
     };
     proxy.tunnels.spawn(async move {
         match client_upgrade.await {
-            Ok(client_io) => {
-                tunnel
-                    .run(TokioIo::new(client_io), TokioIo::new(backend_io))
-                    .await
-            }
+            Ok(client_io) => tunnel.run(TokioIo::new(client_io), backend_io).await,
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), "client went away before the upgrade")
             }
