@@ -96,14 +96,4 @@ impl ProxyError {
             | ProxyError::BadUpgrade { .. } => Blame::Backend,
         }
     }
-
-    /// The `outcome` label of `switchboard_upgrades_total` for a failed handshake.
-    pub fn upgrade_outcome(&self) -> &'static str {
-        match self {
-            ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed => "no_route",
-            ProxyError::NoBackend { .. } | ProxyError::Connect { .. } => "connect_error",
-            ProxyError::Timeout { .. } => "timeout",
-            ProxyError::Backend { .. } | ProxyError::BadUpgrade { .. } => "bad_response",
-        }
-    }
 }
