@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use support::backends::{
-    EchoBackend, HttpBackend, SilentBackend, accept_key, raw_backend, refusing_addr,
+    EchoBackend, HttpBackend, SilentBackend, raw_backend, refusing_addr, switching_protocols,
 };
 use support::clients::{
     client_frame, handshake_request, http_request, raw_send, read_exact, read_head, read_to_end,
@@ -158,11 +158,7 @@ async fn first_frame_pipelined_with_the_handshake_is_not_lost() {
 #[tokio::test]
 async fn server_speaking_first_in_the_101_segment_is_not_lost() {
     let (addr, _) = raw_backend(|mut stream, head| async move {
-        let mut reply = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(&head)
-        )
-        .into_bytes();
+        let mut reply = switching_protocols(&head).into_bytes();
         reply.extend(server_frame(0x1, b"welcome"));
         stream.write_all(&reply).await.unwrap(); // one write: 101 and the first frame together
         let mut rest = Vec::new();
@@ -179,15 +175,15 @@ async fn server_speaking_first_in_the_101_segment_is_not_lost() {
 #[tokio::test]
 async fn half_close_reaches_the_backend_and_the_other_direction_keeps_flowing() {
     let (addr, _) = raw_backend(|mut stream, head| async move {
-        let reply = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(&head)
-        );
+        let reply = switching_protocols(&head);
         stream.write_all(reply.as_bytes()).await.unwrap();
         // Wait for the client's EOF, relayed by switchboard; only then answer.
         let got = read_to_end(&mut stream).await;
         let answer = format!("saw {} bytes then EOF", got.len());
-        stream.write_all(&server_frame(0x1, answer.as_bytes())).await.unwrap();
+        stream
+            .write_all(&server_frame(0x1, answer.as_bytes()))
+            .await
+            .unwrap();
         stream.shutdown().await.unwrap();
     })
     .await;
@@ -207,12 +203,12 @@ async fn half_close_reaches_the_backend_and_the_other_direction_keeps_flowing() 
 #[tokio::test]
 async fn backend_closing_mid_tunnel_closes_the_client_cleanly() {
     let (addr, _) = raw_backend(|mut stream, head| async move {
-        let reply = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(&head)
-        );
+        let reply = switching_protocols(&head);
         stream.write_all(reply.as_bytes()).await.unwrap();
-        stream.write_all(&server_frame(0x1, b"going away")).await.unwrap();
+        stream
+            .write_all(&server_frame(0x1, b"going away"))
+            .await
+            .unwrap();
         // Dropping the stream closes the connection mid-tunnel, without a close frame.
     })
     .await;
@@ -429,10 +425,7 @@ async fn a_chunked_refusal_is_streamed_to_the_client() {
 #[tokio::test]
 async fn a_101_head_split_across_segments_is_reassembled() {
     let (addr, _) = raw_backend(|mut stream, head| async move {
-        let reply = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(&head)
-        );
+        let reply = switching_protocols(&head);
         let (first, second) = reply.split_at(20);
         stream.write_all(first.as_bytes()).await.unwrap();
         stream.flush().await.unwrap();

@@ -156,15 +156,7 @@ pub async fn forward(
                     .metrics
                     .http_duration
                     .observe(started.elapsed().as_secs_f64());
-                let (mut head, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut head.headers);
-                return Ok(Response::from_parts(
-                    head,
-                    ResponseBody::Backend {
-                        body,
-                        _lease: Some(pick.lease),
-                    },
-                ));
+                return Ok(super::relay(response, pick.lease));
             }
         }
     }

@@ -250,6 +250,23 @@ pub async fn handle(
     response
 }
 
+/// A backend's response on its way to the client: hop-by-hop headers removed, the body streamed,
+/// and the lease held until the body is done (so least-conn counts the request until then).
+pub fn relay(
+    response: Response<Incoming>,
+    lease: crate::balancer::Lease,
+) -> Response<ResponseBody> {
+    let (mut head, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut head.headers);
+    Response::from_parts(
+        head,
+        ResponseBody::Backend {
+            body,
+            _lease: Some(lease),
+        },
+    )
+}
+
 /// A short plain-text response for a failure; details go to the log, not the client.
 pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     let status = error.status();

@@ -133,15 +133,7 @@ pub async fn upgrade(
             record("rejected");
             tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
                 status = response.status().as_u16(), "websocket handshake rejected by backend");
-            let (mut head, body) = response.into_parts();
-            headers::remove_hop_by_hop(&mut head.headers);
-            return Ok(Response::from_parts(
-                head,
-                ResponseBody::Backend {
-                    body,
-                    _lease: Some(pick.lease),
-                },
-            ));
+            return Ok(super::relay(response, pick.lease));
         }
         Answer::Switched { headers, stream } => (headers, stream),
     };

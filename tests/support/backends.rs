@@ -320,6 +320,14 @@ where
     (addr, live)
 }
 
+/// A backend's 101 answer to the handshake in `head` (RFC 6455 §4.2.2), as raw text.
+pub fn switching_protocols(head: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(head)
+    )
+}
+
 /// The value of `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
 pub fn accept_key(head: &str) -> String {
     let key = header_value(head, "sec-websocket-key").expect("handshake has a key");
