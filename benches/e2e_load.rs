@@ -12,9 +12,16 @@
 //! - memory per idle tunnel: RSS after opening N idle tunnels (each used once) minus RSS after a
 //!   warm-up of 100, divided by N.
 //!
+//! - the echo backend answers each masked client frame with the unmasked server frame a real
+//!   WebSocket server would send, so switchboard's frame tracker sees valid framing both ways;
+//! - shutdown: N idle tunnels, SIGTERM, and the time until every client got its Close frame,
+//!   with the peak rate of Closes per 100 ms (what the backends would see as reconnects).
+//!
 //! Run: `cargo bench --bench e2e_load`. Environment: E2E_CLIENTS (50), E2E_SECONDS (5),
-//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle), E2E_PROXIES
-//! (switchboard,nginx,haproxy), E2E_PROXY_THREADS (tokio workers of switchboard; default: cores).
+//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle,shutdown,wss_echo64,
+//! wss_handshake,wss_idle), E2E_PROXIES (switchboard,nginx,haproxy), E2E_PROXY_THREADS (tokio
+//! workers of switchboard; default: cores), E2E_SPREAD (drain.spread of the shutdown run, 5s),
+//! E2E_BASELINE_BIN (another switchboard binary, run side by side as "switchboard-before").
 //! nginx and HAProxy are measured too when installed (`apt-get install nginx-light haproxy`).
 
 use std::net::SocketAddr;
@@ -57,21 +64,59 @@ async fn echo_backend() -> SocketAddr {
                 if stream.write_all(reply.as_bytes()).await.is_err() {
                     return;
                 }
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                echo_frames(stream).await;
             });
         }
     });
     addr
+}
+
+/// Echoes each masked client frame back as the unmasked server frame a WebSocket server would
+/// send (RFC 6455 §5.1), parsing only headers; every complete frame of a read is answered in one
+/// write. Unmasking is skipped (the payload goes back as it came): nothing reads it.
+async fn echo_frames(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut have = 0;
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        match stream.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
+        }
+        let mut at = 0;
+        out.clear();
+        while let Some((header, len)) = client_frame_at(&buf[at..have]) {
+            let payload = &buf[at + header..at + header + len];
+            out.push(buf[at]);
+            if len < 126 {
+                out.push(len as u8);
+            } else {
+                out.push(126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            out.extend_from_slice(payload);
+            at += header + len;
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `(header length, payload length)` of a whole masked frame (7- or 16-bit length) at the
+/// start of `data`, or `None` while it is incomplete.
+fn client_frame_at(data: &[u8]) -> Option<(usize, usize)> {
+    let (&b1, rest) = data.get(1..)?.split_first()?;
+    let (len, header) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
+            8,
+        ),
+        short => (short as usize, 6),
+    };
+    (data.len() >= header + len).then_some((header, len))
 }
 
 async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<()> {
@@ -164,7 +209,8 @@ async fn echo_load(
             let Some(mut stream) = open(addr, &transport).await else {
                 return samples;
             };
-            let mut back = vec![0u8; message.len()];
+            // The echo comes back as a server frame: the same, without the 4-byte mask.
+            let mut back = vec![0u8; message.len() - 4];
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 if stream.write_all(&message).await.is_err()
@@ -251,6 +297,16 @@ impl Proxy {
         backend: SocketAddr,
         tls: Option<&TlsFiles>,
     ) -> Option<Proxy> {
+        Self::start_with(name, backend, tls, "").await
+    }
+
+    /// Like [`Proxy::start`]; `extra` is TOML added to switchboard's config.
+    async fn start_with(
+        name: &'static str,
+        backend: SocketAddr,
+        tls: Option<&TlsFiles>,
+        extra: &str,
+    ) -> Option<Proxy> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -263,12 +319,12 @@ impl Proxy {
         ));
         std::fs::create_dir_all(dir.join("logs")).ok()?;
         let mut command = match name {
-            "switchboard" => {
+            "switchboard" | "switchboard-before" => {
                 let config = dir.join("bench.toml");
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = \"{addr}\"\n[limits]\nmax_connections = 19000\n{}[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [\"{backend}\"]\n",
+                        "listen = \"{addr}\"\n{extra}\n[limits]\nmax_connections = 19000\n{}[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [\"{backend}\"]\n",
                         tls.map_or(String::new(), |t| format!(
                             "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
                             t.cert.display(),
@@ -277,7 +333,11 @@ impl Proxy {
                     ),
                 )
                 .ok()?;
-                let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+                let binary = match name {
+                    "switchboard-before" => std::env::var("E2E_BASELINE_BIN").ok()?.into(),
+                    _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
+                };
+                let mut c = Command::new(binary);
                 c.arg("--config").arg(&config).env("RUST_LOG", "warn");
                 if let Ok(n) = std::env::var("E2E_PROXY_THREADS") {
                     c.env("TOKIO_WORKER_THREADS", n);
@@ -423,7 +483,7 @@ async fn idle_memory(
     let proxy = Proxy::start(name, backend, tls).await?;
     let mut held = Vec::with_capacity(idle + 100);
     let ping = frame(64);
-    let mut back = vec![0u8; ping.len()];
+    let mut back = vec![0u8; ping.len() - 4];
     let mut base = 0;
     for i in 0..idle + 100 {
         let mut stream = open(proxy.addr, transport).await?;
@@ -436,6 +496,83 @@ async fn idle_memory(
     }
     let (_, rss) = proxy.stat();
     Some(rss.saturating_sub(base) as f64 / idle as f64)
+}
+
+/// What clients saw when switchboard got SIGTERM in front of their idle tunnels.
+struct ShutdownResult {
+    /// SIGTERM to the last Close (or EOF) seen by a client.
+    all_closed: Duration,
+    /// Most Closes that reached clients in any 100 ms, per second.
+    peak_per_s: f64,
+    /// Clients that got a Close frame (the rest saw the connection drop).
+    with_close: usize,
+    /// How long the process took to exit.
+    exited: Duration,
+}
+
+/// `n` idle tunnels, then SIGTERM: each client waits for a Close frame (answering it, as a
+/// browser does) or the end of the stream, and the times are collected.
+async fn shutdown_closes(
+    name: &'static str,
+    backend: SocketAddr,
+    n: usize,
+    extra: &str,
+) -> Option<ShutdownResult> {
+    let mut proxy = Proxy::start_with(name, backend, None, extra).await?;
+    let ping = frame(64);
+    let mut back = vec![0u8; ping.len() - 4];
+    let (started_tx, started) = tokio::sync::watch::channel(None::<Instant>);
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = open(proxy.addr, &Transport::Plain).await?;
+        stream.write_all(&ping).await.ok()?;
+        stream.read_exact(&mut back).await.ok()?;
+        let mut started = started.clone();
+        clients.push(tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            let got_close = matches!(stream.read(&mut first).await, Ok(1) if first[0] == 0x88);
+            if got_close {
+                // Close 1000, masked, as the closing handshake's answer.
+                let _ = stream
+                    .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+                    .await;
+            }
+            let at = Instant::now();
+            let mut rest = [0u8; 256];
+            while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            let sigterm = (*started.wait_for(Option::is_some).await.ok()?)?;
+            Some((at.saturating_duration_since(sigterm), got_close))
+        }));
+    }
+    let sigterm = Instant::now();
+    let _ = started_tx.send(Some(sigterm));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(proxy.child.id().to_string())
+        .status();
+    let mut times = Vec::with_capacity(n);
+    let mut with_close = 0;
+    for client in clients {
+        if let Ok(Some((at, close))) = client.await {
+            times.push(at);
+            with_close += usize::from(close);
+        }
+    }
+    let exit_deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.child.try_wait().ok()?.is_none() && Instant::now() < exit_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exited = sigterm.elapsed();
+    let mut buckets = std::collections::HashMap::new();
+    for t in &times {
+        *buckets.entry(t.as_millis() / 100).or_insert(0usize) += 1;
+    }
+    Some(ShutdownResult {
+        all_closed: times.iter().copied().max().unwrap_or_default(),
+        peak_per_s: buckets.values().copied().max().unwrap_or(0) as f64 * 10.0,
+        with_close,
+        exited,
+    })
 }
 
 /// A certificate for "bench.test" from a CA made for the run, in the three forms the proxies
@@ -510,12 +647,17 @@ fn main() {
         );
         let backend = echo_backend().await;
         let only = std::env::var("E2E_PROXIES").unwrap_or_else(|_| "switchboard,nginx,haproxy".into());
-        let names: Vec<&'static str> = ["switchboard", "nginx", "haproxy"]
+        let only = if std::env::var_os("E2E_BASELINE_BIN").is_some() {
+            format!("{only},switchboard-before")
+        } else {
+            only
+        };
+        let names: Vec<&'static str> = ["switchboard", "switchboard-before", "nginx", "haproxy"]
             .into_iter()
             .filter(|n| only.split(',').any(|o| o == *n))
             .collect();
         let scenarios = std::env::var("E2E_SCENARIOS").unwrap_or_else(|_| {
-            "echo64,echo4k,handshake,idle,wss_echo64,wss_handshake,wss_idle".into()
+            "echo64,echo4k,handshake,idle,shutdown,wss_echo64,wss_handshake,wss_idle".into()
         });
         let wanted = |s: &str| scenarios.split(',').any(|x| x == s);
         let plain = Transport::Plain;
@@ -563,6 +705,26 @@ fn main() {
             match idle_memory(name, backend, idle, None, &plain).await {
                 Some(kib) => println!("idle {name:<11}: {kib:.2} KiB RSS per idle tunnel ({idle} tunnels, each used once)"),
                 None => println!("idle {name:<11}: skipped"),
+            }
+        }
+
+        // SIGTERM in front of idle tunnels: how fast and how evenly clients are told.
+        let spread = std::env::var("E2E_SPREAD").unwrap_or_else(|_| "5s".into());
+        for &name in names
+            .iter()
+            .filter(|n| n.starts_with("switchboard") && wanted("shutdown"))
+        {
+            // The earlier binary knows no [drain]: its tunnels are cut when the grace ends.
+            let extra = match name {
+                "switchboard" => format!("[drain]\nspread = \"{spread}\"\n[timeouts]\nshutdown_grace = \"30s\""),
+                _ => format!("[timeouts]\nshutdown_grace = \"{spread}\""),
+            };
+            match shutdown_closes(name, backend, idle, &extra).await {
+                Some(r) => println!(
+                    "shutdown {name:<11}: {idle} idle tunnels, spread {spread}: {} got a Close frame, last after {:.2}s, peak {:.0} closes/s, process exited after {:.2}s",
+                    r.with_close, r.all_closed.as_secs_f64(), r.peak_per_s, r.exited.as_secs_f64()
+                ),
+                None => println!("shutdown {name:<11}: skipped"),
             }
         }
 

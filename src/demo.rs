@@ -74,11 +74,7 @@ servers = [{}]
     }
     println!("  Ctrl-C stops it.");
     let shutdown = Shutdown::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        crate::shutdown::signal().await;
-        trigger.trigger();
-    });
+    crate::shutdown::watch_signals(shutdown.clone());
     crate::run(config, listeners, shutdown, Metrics::new())
         .await
         .map_err(|e| io::Error::other(e.to_string()))

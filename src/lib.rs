@@ -125,29 +125,36 @@ pub async fn run(
             },
         )));
     }
+    shutdown.drain_token().cancelled().await;
+    let grace_end = tokio::time::Instant::now() + config.timeouts.shutdown_grace;
+    tracing::info!(
+        delay_s = config.timeouts.shutdown_delay.as_secs_f64(),
+        "draining: /readyz answers 503; still accepting for timeouts.shutdown_delay"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(config.timeouts.shutdown_delay) => {}
+        _ = shutdown.hurry_token().cancelled() => {}
+    }
+    shutdown.stop_token().cancel();
     for task in accepting {
         let _ = task.await;
     }
 
-    // Draining: connections finish their requests, tunnels live on for the grace period.
+    // Connections finish their requests; tunnels are closed politely, spread over the window.
     connections.close();
     proxy.tunnels.close();
-    let live = proxy.tunnels.len();
-    tracing::info!(
-        tunnels = live,
-        grace_s = config.timeouts.shutdown_grace.as_secs_f64(),
-        "draining"
-    );
-    let drained = tokio::time::timeout(config.timeouts.shutdown_grace, async {
+    close_tunnels(&proxy, &config, &shutdown, grace_end);
+    let drained = tokio::time::timeout_at(grace_end, async {
         connections.wait().await;
         proxy.tunnels.wait().await;
     })
     .await;
     if drained.is_err() {
-        tracing::info!(
-            tunnels = proxy.tunnels.len(),
-            "grace period over, closing what is left"
+        tracing::warn!(
+            tunnels = proxy.registry.len(),
+            "timeouts.shutdown_grace is over: cutting what is left"
         );
+        proxy.registry.cut_all(proxy::tunnel::CloseReason::Shutdown);
     }
     shutdown.force_token().cancel();
     let _ = tokio::time::timeout(FORCE_WAIT, async {
@@ -157,4 +164,43 @@ pub async fn run(
     .await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Asks every tunnel to close with `drain.close_code`, spread over `drain.spread` but so that
+/// spread and linger end before `grace_end`; a second signal asks again with no spread.
+fn close_tunnels(
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    shutdown: &Shutdown,
+    grace_end: tokio::time::Instant,
+) {
+    let drain = &config.drain;
+    let left = grace_end.saturating_duration_since(tokio::time::Instant::now());
+    let spread = drain.spread.min(left.saturating_sub(drain.close_linger));
+    let all = proxy::tunnel::CloseAll {
+        reason: proxy::tunnel::CloseReason::Shutdown,
+        code: drain.close_code,
+        spread: if shutdown.hurry_token().is_cancelled() {
+            Duration::ZERO
+        } else {
+            spread
+        },
+        linger: drain.close_linger.min(left),
+    };
+    tracing::info!(
+        tunnels = proxy.registry.len(),
+        spread_s = all.spread.as_secs_f64(),
+        code = all.code,
+        "closing tunnels"
+    );
+    proxy.registry.close_all(all);
+    let (proxy, hurry) = (proxy.clone(), shutdown.hurry_token().clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = hurry.cancelled() => {
+                proxy.registry.close_all(proxy::tunnel::CloseAll { spread: Duration::ZERO, ..all });
+            }
+            _ = proxy.tunnels.wait() => {}
+        }
+    });
 }

@@ -55,7 +55,7 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let drain = shutdown.drain_token().clone();
+    let drain = shutdown.stop_token().clone();
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),

@@ -105,11 +105,7 @@ fn serve(config: Config) -> ExitCode {
             "switchboard started"
         );
         let shutdown = Shutdown::new();
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            switchboard::shutdown::signal().await;
-            trigger.trigger();
-        });
+        switchboard::shutdown::watch_signals(shutdown.clone());
         match switchboard::run(config, listeners, shutdown, Metrics::new()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -38,10 +38,16 @@ pub struct Metrics {
     pub upgrade_duration_seconds: HistogramVec,
     /// Tunnel lifetimes.
     pub tunnel_duration_seconds: HistogramVec,
-    /// Bytes relayed through tunnels, counted per chunk.
+    /// Bytes relayed through tunnels, counted per tunnel and published about once a second.
     pub tunnel_bytes_total: IntCounterVec,
-    /// Tunnels closed, by reason.
+    /// Tunnels closed, by reason and the close code sent or seen first.
     pub tunnels_closed_total: IntCounterVec,
+    /// Tunnels whose TCP was ended at a deadline before their closing handshakes were done.
+    pub tunnels_cut_total: IntCounterVec,
+    /// Pings switchboard sent to idle clients.
+    pub pings_sent_total: IntCounterVec,
+    /// Polite closes in progress.
+    pub tunnels_closing: IntGaugeVec,
     /// Plain requests by upstream and status code.
     pub http_requests_total: IntCounterVec,
     /// Plain request latency to the response head.
@@ -131,9 +137,36 @@ impl Metrics {
             tunnels_closed_total: IntCounterVec::new(
                 Opts::new(
                     "switchboard_tunnels_closed_total",
-                    "Tunnels closed, by reason: closed, idle_timeout, shutdown, error.",
+                    "Tunnels closed, by reason (shutdown, idle_timeout, half_closed_timeout, lifetime, \
+                     message_too_big, ping_timeout, backend_closed, client_closed, error, bad_framing) \
+                     and code (the WebSocket close code sent or seen first, other, or none).",
+                ),
+                &["upstream", "reason", "code"],
+            )
+            .expect("valid metric"),
+            tunnels_cut_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_tunnels_cut_total",
+                    "Tunnels whose TCP was ended at a deadline (drain.close_linger, the end of \
+                     timeouts.shutdown_grace, timeouts.half_closed) before their closing handshakes were done.",
                 ),
                 &["upstream", "reason"],
+            )
+            .expect("valid metric"),
+            pings_sent_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_pings_sent_total",
+                    "Pings switchboard sent to clients whose tunnel was quiet for websocket.ping_interval.",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            tunnels_closing: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_tunnels_closing",
+                    "Tunnels in a polite close now: Close frames sent, closing handshakes not yet over.",
+                ),
+                &["upstream"],
             )
             .expect("valid metric"),
             http_requests_total: IntCounterVec::new(
@@ -226,6 +259,9 @@ impl Metrics {
             Box::new(self.tunnel_duration_seconds.clone()),
             Box::new(self.tunnel_bytes_total.clone()),
             Box::new(self.tunnels_closed_total.clone()),
+            Box::new(self.tunnels_cut_total.clone()),
+            Box::new(self.pings_sent_total.clone()),
+            Box::new(self.tunnels_closing.clone()),
             Box::new(self.http_requests_total.clone()),
             Box::new(self.http_request_duration_seconds.clone()),
             Box::new(self.backend_up.clone()),
@@ -244,14 +280,7 @@ impl Metrics {
     /// Handles for one upstream, resolved once at startup.
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         UpstreamMetrics {
-            bytes_to_backend: self
-                .tunnel_bytes_total
-                .with_label_values(&[upstream, "to_backend"]),
-            bytes_to_client: self
-                .tunnel_bytes_total
-                .with_label_values(&[upstream, "to_client"]),
             upgrade_duration: self.upgrade_duration_seconds.with_label_values(&[upstream]),
-            tunnel_duration: self.tunnel_duration_seconds.with_label_values(&[upstream]),
             http_duration: self
                 .http_request_duration_seconds
                 .with_label_values(&[upstream]),
@@ -292,14 +321,8 @@ impl Default for Metrics {
 /// Per-upstream handles used on the data path.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
-    /// Tunnel bytes from client to backend.
-    pub bytes_to_backend: IntCounter,
-    /// Tunnel bytes from backend to client.
-    pub bytes_to_client: IntCounter,
     /// Handshake latency.
     pub upgrade_duration: Histogram,
-    /// Tunnel lifetime.
-    pub tunnel_duration: Histogram,
     /// Plain request latency.
     pub http_duration: Histogram,
     /// Sticky-hash fallbacks to least-conn.

@@ -104,7 +104,7 @@ async fn sniff_protocol(stream: &TcpStream, timeout: Duration) -> Option<ClientP
 /// macro because hyper's two connection types share `graceful_shutdown` only by name.
 macro_rules! drive {
     ($proxy:expr, $connection:expr) => {{
-        let drain = $proxy.shutdown.drain_token().clone();
+        let drain = $proxy.shutdown.stop_token().clone();
         let force = $proxy.shutdown.force_token().clone();
         let connection = $connection;
         tokio::pin!(connection);

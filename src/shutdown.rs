@@ -1,20 +1,26 @@
-//! Graceful shutdown in two steps, each a cancellation token.
+//! Graceful shutdown in steps, each a cancellation token.
 //!
-//! `drain` (SIGTERM/SIGINT): stop accepting, let HTTP connections finish their in-flight
-//! requests, keep tunnels up. `force` (the grace period ran out): close whatever is left. Every
-//! connection task and every tunnel task watches these tokens, so nothing is forgotten.
+//! `drain` (SIGTERM/SIGINT): `/readyz` turns 503 at once, and switchboard keeps accepting for
+//! `timeouts.shutdown_delay` so that load balancers and Kubernetes endpoints stop sending new
+//! clients before the listener closes. `stop`: accepting ends, HTTP connections finish their
+//! in-flight requests, and every tunnel is asked to close politely (spread over
+//! `drain.spread`). `hurry` (a second signal): skip the delay and the spread. `force` (the end of
+//! `timeouts.shutdown_grace`): whatever is left is cut. Every connection task watches these
+//! tokens and every tunnel is in the registry, so nothing is forgotten.
 
 use tokio_util::sync::CancellationToken;
 
-/// The two shutdown tokens, cheap to clone.
+/// The shutdown tokens, cheap to clone.
 #[derive(Clone, Default)]
 pub struct Shutdown {
     drain: CancellationToken,
+    stop: CancellationToken,
+    hurry: CancellationToken,
     force: CancellationToken,
 }
 
 impl Shutdown {
-    /// Fresh tokens, neither cancelled.
+    /// Fresh tokens, none cancelled.
     pub fn new() -> Self {
         Self::default()
     }
@@ -24,9 +30,27 @@ impl Shutdown {
         self.drain.cancel();
     }
 
-    /// Cancelled when draining starts.
+    /// Skips what is left of the delay and the spread (what a second SIGTERM does); tunnels
+    /// are still closed politely.
+    pub fn hurry(&self) {
+        self.drain.cancel();
+        self.hurry.cancel();
+    }
+
+    /// Cancelled when draining starts: `/readyz` answers 503.
     pub fn drain_token(&self) -> &CancellationToken {
         &self.drain
+    }
+
+    /// Cancelled when accepting stops, after `timeouts.shutdown_delay`: connections finish
+    /// their requests and close.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Cancelled by a second signal.
+    pub fn hurry_token(&self) -> &CancellationToken {
+        &self.hurry
     }
 
     /// Cancelled when the grace period is over: remaining connections and tunnels close.
@@ -40,7 +64,19 @@ impl Shutdown {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+/// Wires the signals to `shutdown`: the first SIGTERM/SIGINT starts the drain, a second one
+/// hurries it.
+pub fn watch_signals(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        signal().await;
+        shutdown.trigger();
+        signal().await;
+        tracing::info!("second signal: closing every tunnel now");
+        shutdown.hurry();
+    });
+}
+
+/// Resolves on the next SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
     #[cfg(unix)]
     {
@@ -48,8 +84,8 @@ pub async fn signal() {
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received, draining"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, draining"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
                 }
             }
             Err(e) => {

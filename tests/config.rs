@@ -5,6 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use support::tls::{TempDir, TestCa};
 
@@ -156,6 +157,210 @@ fn minimal_config_gets_defaults() {
     );
     assert_eq!(c.timeouts.connect.as_secs(), 3);
     assert!(c.admin.is_none());
+}
+
+/// A minimal valid config followed by `extra`, whose first line is line 6.
+fn minimal_with(extra: &str) -> String {
+    format!("listen = \"127.0.0.1:1\"\n{ROUTE}[upstream.app]\nservers = [\"127.0.0.1:2\"]\n{extra}")
+}
+
+#[test]
+fn drain_websocket_and_shutdown_delay_defaults() {
+    let c = from_toml_str(&minimal_with(""), "t").unwrap();
+    assert_eq!(c.drain.spread, Duration::from_secs(5));
+    assert_eq!(c.drain.close_code, 1001);
+    assert_eq!(c.drain.close_linger, Duration::from_secs(5));
+    assert_eq!(c.drain.timeout, Duration::from_secs(30));
+    assert_eq!(c.websocket.ping_interval, None);
+    assert_eq!(c.websocket.max_message_bytes, None);
+    assert_eq!(c.websocket.max_lifetime, None);
+    assert_eq!(c.websocket.lifetime_jitter, 0.10);
+    assert_eq!(c.timeouts.shutdown_delay, Duration::ZERO);
+    assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(30));
+
+    // Empty tables and explicit "off" (any case) mean the same.
+    let c = from_toml_str(
+        &minimal_with(
+            "[drain]\n[websocket]\nping_interval = \"OFF\"\nmax_message_bytes = \"off\"\nmax_lifetime = \"Off\"\n",
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.drain.spread, Duration::from_secs(5));
+    assert_eq!(c.websocket.ping_interval, None);
+    assert_eq!(c.websocket.max_message_bytes, None);
+    assert_eq!(c.websocket.max_lifetime, None);
+}
+
+#[test]
+fn drain_websocket_and_shutdown_delay_values() {
+    let c = from_toml_str(
+        &minimal_with(concat!(
+            "[timeouts]\nshutdown_delay = \"2s\"\nshutdown_grace = \"60s\"\n",
+            "[drain]\nspread = \"250ms\"\nclose_code = 1012\nclose_linger = \"1s\"\ntimeout = \"10m\"\n",
+            "[websocket]\nping_interval = \"30s\"\nmax_message_bytes = 1048576\n",
+            "max_lifetime = \"24h\"\nlifetime_jitter = \"2.5%\"\n",
+        )),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.timeouts.shutdown_delay, Duration::from_secs(2));
+    assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(60));
+    assert_eq!(c.drain.spread, Duration::from_millis(250));
+    assert_eq!(c.drain.close_code, 1012);
+    assert_eq!(c.drain.close_linger, Duration::from_secs(1));
+    assert_eq!(c.drain.timeout, Duration::from_secs(600));
+    assert_eq!(c.websocket.ping_interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.websocket.max_message_bytes, Some(1_048_576));
+    assert_eq!(
+        c.websocket.max_lifetime,
+        Some(Duration::from_secs(24 * 3600))
+    );
+    assert_eq!(c.websocket.lifetime_jitter, 0.025);
+
+    // Zero is allowed where it means "none"; the largest message size is 2^53.
+    let c = from_toml_str(
+        &minimal_with(concat!(
+            "[timeouts]\nshutdown_delay = \"0s\"\n[drain]\nspread = \"0s\"\n",
+            "[websocket]\nmax_message_bytes = 9007199254740992\nlifetime_jitter = \"0%\"\n",
+        )),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.timeouts.shutdown_delay, Duration::ZERO);
+    assert_eq!(c.drain.spread, Duration::ZERO);
+    assert_eq!(c.websocket.max_message_bytes, Some(1 << 53));
+    assert_eq!(c.websocket.lifetime_jitter, 0.0);
+}
+
+#[test]
+fn bad_drain_websocket_and_shutdown_values() {
+    for (extra, line, key, says) in [
+        (
+            "[drain]\nclose_code = 1000\n",
+            7,
+            "drain.close_code",
+            "1001 (Going Away) or 1012",
+        ),
+        (
+            "[drain]\nclose_code = 1012.5\n",
+            7,
+            "close_code",
+            "expected i64",
+        ),
+        (
+            "[drain]\nclose_linger = \"0s\"\n",
+            7,
+            "drain.close_linger",
+            "longer than zero",
+        ),
+        (
+            "[drain]\ntimeout = \"0s\"\n",
+            7,
+            "drain.timeout",
+            "longer than zero",
+        ),
+        ("[drain]\nspread = \"5\"\n", 7, "drain.spread", "no unit"),
+        (
+            "[timeouts]\nshutdown_delay = \"soon\"\n",
+            7,
+            "timeouts.shutdown_delay",
+            "soon",
+        ),
+        (
+            "[websocket]\nmax_message_bytes = \"big\"\n",
+            7,
+            "websocket.max_message_bytes",
+            "expected a number of bytes such as 1048576, or \"off\"",
+        ),
+        (
+            "[websocket]\nmax_message_bytes = \"1048576\"\n",
+            7,
+            "websocket.max_message_bytes",
+            "bare integer",
+        ),
+        (
+            "[websocket]\n\nmax_message_bytes = 0\n",
+            8,
+            "websocket.max_message_bytes",
+            "out of range",
+        ),
+        (
+            "[websocket]\nmax_message_bytes = 9007199254740993\n",
+            7,
+            "websocket.max_message_bytes",
+            "out of range",
+        ),
+        (
+            "[websocket]\nmax_message_bytes = 1.5\n",
+            7,
+            "websocket.max_message_bytes",
+            "expected a number of bytes",
+        ),
+        (
+            "[websocket]\nlifetime_jitter = \"60%\"\n",
+            7,
+            "websocket.lifetime_jitter",
+            "\"0%\" to \"50%\"",
+        ),
+        (
+            "[websocket]\nlifetime_jitter = \"10\"\n",
+            7,
+            "websocket.lifetime_jitter",
+            "not a percentage",
+        ),
+        (
+            "[websocket]\nlifetime_jitter = \"-5%\"\n",
+            7,
+            "websocket.lifetime_jitter",
+            "not a percentage",
+        ),
+        (
+            "[websocket]\nping_interval = \"0s\"\n",
+            7,
+            "websocket.ping_interval",
+            "at least \"1s\"",
+        ),
+        (
+            "[websocket]\nping_interval = \"500ms\"\n",
+            7,
+            "websocket.ping_interval",
+            "at least \"1s\"",
+        ),
+        (
+            "[websocket]\nmax_lifetime = \"0s\"\n",
+            7,
+            "websocket.max_lifetime",
+            "longer than zero",
+        ),
+        (
+            "[websocket]\nmax_lifetime = \"forever\"\n",
+            7,
+            "websocket.max_lifetime",
+            "\"off\"",
+        ),
+        (
+            "[websocket]\nping_interval = \"30s\"\nping_intervall = \"30s\"\n",
+            8,
+            "ping_intervall",
+            "unknown field",
+        ),
+        ("[drain]\nclose = 1001\n", 7, "close", "unknown field"),
+    ] {
+        let e = error_of(&minimal_with(extra));
+        let text = e.to_string();
+        assert_eq!(e.line, Some(line), "{extra}: {text}");
+        assert!(
+            text.starts_with(&format!("bad.toml:{line}:")),
+            "{extra}: {text}"
+        );
+        // Semantic errors carry the dotted key; serde's (type, unknown field) name it in the text.
+        if key.contains('.') {
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {text}");
+        }
+        assert!(text.contains(key), "{extra}: {text}");
+        assert!(text.contains(says), "{extra}: {text}");
+    }
 }
 
 fn switchboard() -> Command {

@@ -100,22 +100,22 @@ servers = ["{}"]
     );
     assert!(m("switchboard_connections_active", &[]) >= 2.0);
     assert!(m("switchboard_connections_total", &[]) >= 6.0);
-    // Counted per chunk while the tunnels live: a masked 5-byte text frame is 2 + 4 + 5 bytes
-    // from the client, the echo is 2 + 5 bytes from the backend.
-    assert_eq!(
-        m(
-            "switchboard_tunnel_bytes_total",
-            &[("upstream", "chat"), ("direction", "to_backend")]
-        ),
-        22.0
-    );
-    assert_eq!(
-        m(
-            "switchboard_tunnel_bytes_total",
-            &[("upstream", "chat"), ("direction", "to_client")]
-        ),
-        14.0
-    );
+    // Counted per tunnel and published within about a second while the tunnels live: a
+    // masked 5-byte text frame is 2 + 4 + 5 bytes from the client, the echo is 2 + 5 bytes from
+    // the backend.
+    let live = eventually("bytes of live tunnels published", || async {
+        let text = sb.scrape().await;
+        let bytes = |direction| {
+            metric(
+                &text,
+                "switchboard_tunnel_bytes_total",
+                &[("upstream", "chat"), ("direction", direction)],
+            )
+        };
+        (bytes("to_backend") == 22.0).then(|| (bytes("to_backend"), bytes("to_client")))
+    })
+    .await;
+    assert_eq!(live, (22.0, 14.0));
     assert_eq!(m("switchboard_backend_up", &[("upstream", "chat")]), 1.0);
 
     for mut ws in sockets {
@@ -139,7 +139,7 @@ servers = ["{}"]
         metric(
             &text,
             "switchboard_tunnels_closed_total",
-            &[("reason", "closed")]
+            &[("reason", "client_closed"), ("code", "1005")]
         ),
         2.0
     );

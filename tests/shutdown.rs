@@ -1,5 +1,5 @@
-//! Graceful shutdown: stop accepting, finish in-flight requests, keep tunnels for the grace
-//! period, then close them; the binary exits 0 on SIGTERM.
+//! Graceful shutdown: stop accepting, finish in-flight requests, close every tunnel with a Close
+//! frame, cut what is left at the end of the grace period; the binary exits 0 on SIGTERM.
 
 mod support;
 
@@ -10,14 +10,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use support::backends::{EchoBackend, raw_backend};
 use support::clients::{http_get, raw_send, read_head, ws_connect};
-use support::{DEADLINE, Switchboard, eventually};
+use support::{DEADLINE, Switchboard, eventually, metric};
 
 fn config(servers: &str, grace: &str) -> String {
     format!(
-        "[timeouts]\nshutdown_grace = \"{grace}\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [{servers}]\n"
+        "[drain]\nspread = \"500ms\"\n[timeouts]\nshutdown_grace = \"{grace}\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [{servers}]\n"
     )
 }
 
@@ -25,52 +26,103 @@ async fn refused(addr: std::net::SocketAddr) -> Option<()> {
     TcpStream::connect(addr).await.is_err().then_some(())
 }
 
+/// Reads until the Close frame, which must carry `code`; then lets tungstenite answer it and
+/// reads to the end of the stream.
+async fn expect_close<S>(ws: &mut S, code: CloseCode)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("stream ended without a Close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a Close frame within the deadline");
+    assert_eq!(end.map(|f| f.code), Some(code));
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+}
+
 #[tokio::test]
-async fn live_tunnel_survives_the_drain_and_ends_the_run_when_it_closes() {
+async fn tunnels_get_close_1001_and_the_run_ends_when_they_are_closed() {
     let echo = EchoBackend::start("echo").await;
     let sb = Switchboard::start(&config(&format!("\"{}\"", echo.addr), "60s")).await;
     let mut ws = ws_connect(&sb.ws_url("/")).await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Message::text("before")
+    );
 
     sb.shutdown.trigger();
     eventually("new connections refused", || refused(sb.addr)).await;
     assert_eq!(http_get(sb.admin, "/readyz", &[]).await.status, 503);
+    expect_close(&mut ws, CloseCode::Away).await;
+    echo.live.wait_for("backend side closed", |n| n == 0).await;
 
-    // The tunnel still works while draining.
-    ws.send(Message::text("still talking")).await.unwrap();
-    let echoed = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(echoed, Message::text("still talking"));
-    assert!(!sb.task.is_finished());
-
-    // Closing the last tunnel ends the run long before the 60 s grace period.
-    ws.close(None).await.unwrap();
-    drop(ws);
+    // The closing handshake is over long before the 60 s grace period.
     tokio::time::timeout(DEADLINE, sb.task)
         .await
         .expect("run returns once the tunnel is gone")
         .unwrap()
         .expect("run ended cleanly");
+    let text = sb.metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_tunnels_closed_total",
+            &[("reason", "shutdown"), ("code", "1001")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "switchboard_tunnels_cut_total", &[]), 0.0);
 }
 
 #[tokio::test]
-async fn tunnels_are_closed_when_the_grace_period_ends() {
+async fn a_client_that_ignores_the_close_is_cut_when_the_grace_period_ends() {
     let echo = EchoBackend::start("echo").await;
-    let sb = Switchboard::start(&config(&format!("\"{}\"", echo.addr), "200ms")).await;
-    let mut ws = ws_connect(&sb.ws_url("/")).await;
+    let sb = Switchboard::start(
+        &config(&format!("\"{}\"", echo.addr), "300ms")
+            .replace("[drain]\n", "[drain]\nclose_linger = \"30s\"\n"),
+    )
+    .await;
+    // A client that completes the handshake and then never reads nor answers.
+    let mut client = raw_send(
+        sb.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(read_head(&mut client).await.starts_with("HTTP/1.1 101"));
+    eventually("tunnel live", || async {
+        (metric(&sb.scrape().await, "switchboard_tunnels_active", &[]) == 1.0).then_some(())
+    })
+    .await;
+
     sb.shutdown.trigger();
-    let end = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .expect("closed within the deadline");
-    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
-    echo.live.wait_for("backend side closed", |n| n == 0).await;
     tokio::time::timeout(DEADLINE, sb.task)
         .await
         .unwrap()
         .unwrap()
         .expect("run ended cleanly");
+    let text = sb.metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_tunnels_cut_total",
+            &[("reason", "shutdown")]
+        ),
+        1.0
+    );
+    echo.live.wait_for("backend side closed", |n| n == 0).await;
+    drop(client);
 }
 
 #[tokio::test]
@@ -163,7 +215,7 @@ async fn binary_exits_0_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    ws.close(None).await.unwrap();
+    expect_close(&mut ws, CloseCode::Away).await;
     drop(ws);
     let exit = tokio::time::timeout(DEADLINE, child.wait())
         .await

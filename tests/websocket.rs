@@ -372,11 +372,14 @@ async fn idle_tunnels_are_closed_after_the_idle_timeout() {
     let mut ws = ws_connect(&sb.ws_url("/chat")).await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("still here"));
-    // Then silence: switchboard closes the tunnel and the client sees the end of the stream.
+    // Then silence: switchboard closes the tunnel politely, with Close 1001 (Going Away).
     let end = tokio::time::timeout(DEADLINE, ws.next())
         .await
         .expect("closed within the deadline");
-    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
+    match end {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
     backend
         .live
         .wait_for("backend connection closed", |n| n == 0)

@@ -28,6 +28,10 @@ pub struct Config {
     pub limits: Limits,
     /// Timeouts for each phase of the data path.
     pub timeouts: Timeouts,
+    /// How tunnels are ended politely (shutdown, and later drains).
+    pub drain: Drain,
+    /// What switchboard does inside WebSocket tunnels: pings, size and age limits.
+    pub websocket: WebSocket,
     /// Log output format.
     pub log_format: LogFormat,
     /// TLS termination, if configured.
@@ -120,10 +124,41 @@ pub struct Timeouts {
     /// Once one direction of a tunnel has ended, the other is closed after this long without
     /// traffic, so a peer that never sends its FIN cannot hold the tunnel forever.
     pub half_closed: Duration,
-    /// How long tunnels may live on after SIGTERM before they are closed.
+    /// After SIGTERM, keep accepting this long with `/readyz` at 503, so load balancers (and
+    /// Kubernetes endpoints) stop sending clients before the listener closes.
+    pub shutdown_delay: Duration,
+    /// The bound for the whole shutdown, from SIGTERM: polite closes happen inside it, and what
+    /// is still open at its end is cut.
     pub shutdown_grace: Duration,
     /// How long a backend that refused a connection is skipped (passive health).
     pub backend_retry: Duration,
+}
+
+/// `[drain]`: how switchboard ends many tunnels at once without a reconnect storm.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// Polite closes of one event (a shutdown) are spread evenly, with jitter, over this window.
+    pub spread: Duration,
+    /// The code of switchboard's Close frames: 1001 Going Away or 1012 Service Restart.
+    pub close_code: u16,
+    /// After sending Close, how long to wait for the closing handshakes before ending TCP.
+    pub close_linger: Duration,
+    /// How long tunnels on a draining backend stay up before they are closed (used by backend
+    /// drains; parsed and validated now).
+    pub timeout: Duration,
+}
+
+/// `[websocket]`: the few things switchboard does inside a tunnel's framing.
+#[derive(Debug, Clone)]
+pub struct WebSocket {
+    /// Ping a client whose tunnel carried nothing toward it for this long; `None`: never.
+    pub ping_interval: Option<Duration>,
+    /// A data message longer than this gets Close 1009; `None`: no limit.
+    pub max_message_bytes: Option<u64>,
+    /// Tunnels are closed politely after this long (± `lifetime_jitter`); `None`: never.
+    pub max_lifetime: Option<Duration>,
+    /// Fraction of `max_lifetime` by which each tunnel's lifetime is varied, 0.0..=0.5.
+    pub lifetime_jitter: f64,
 }
 
 /// How log lines are written.

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub limits: Option<RawLimits>,
     pub timeouts: Option<RawTimeouts>,
+    pub drain: Option<RawDrain>,
+    pub websocket: Option<RawWebSocket>,
     pub log: Option<RawLog>,
     pub tls: Option<RawTls>,
     #[serde(default, rename = "route")]
@@ -53,8 +55,30 @@ pub struct RawTimeouts {
     pub request: Option<Spanned<String>>,
     pub tunnel_idle: Option<Spanned<String>>,
     pub half_closed: Option<Spanned<String>>,
+    pub shutdown_delay: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub backend_retry: Option<Spanned<String>>,
+}
+
+/// `[drain]`: how many tunnels are ended politely at once.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrain {
+    pub spread: Option<Spanned<String>>,
+    pub close_code: Option<Spanned<i64>>,
+    pub close_linger: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `[websocket]`: pings, message size and tunnel age. `max_message_bytes` is an integer or
+/// `"off"`, so it stays a `toml::Value` and is checked by hand for a clear message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    pub ping_interval: Option<Spanned<String>>,
+    pub max_message_bytes: Option<Spanned<toml::Value>>,
+    pub max_lifetime: Option<Spanned<String>>,
+    pub lifetime_jitter: Option<Spanned<String>>,
 }
 
 /// `[log]`.

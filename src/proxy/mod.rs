@@ -44,6 +44,10 @@ pub struct Proxy {
     /// Every tunnel runs on this tracker, so shutdown can wait for them: hyper's connection
     /// future ends at the upgrade and would not see them.
     pub tunnels: TaskTracker,
+    /// Every live tunnel's close mailbox, so one event can close them all politely.
+    pub registry: Arc<tunnel::TunnelRegistry>,
+    /// What each upstream's tunnels report to and read, in config order.
+    pub tunnel_shared: Vec<Arc<tunnel::TunnelShared>>,
     /// Drain and force tokens.
     pub shutdown: Shutdown,
 }
@@ -69,6 +73,20 @@ impl Proxy {
                 })
             })
             .collect();
+        let registry = Arc::new(tunnel::TunnelRegistry::default());
+        let settings = tunnel::TunnelSettings::from_config(config);
+        let tunnel_shared = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Arc::new(tunnel::TunnelShared::new(
+                    &u.name,
+                    settings.clone(),
+                    registry.clone(),
+                    &metrics,
+                ))
+            })
+            .collect();
         Proxy {
             router: Router::new(&config.routes),
             balancers: config
@@ -81,6 +99,8 @@ impl Proxy {
             timeouts: config.timeouts.clone(),
             metrics,
             tunnels: TaskTracker::new(),
+            registry,
+            tunnel_shared,
             shutdown,
         }
     }

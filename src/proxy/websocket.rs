@@ -143,16 +143,22 @@ pub async fn upgrade(
             backend: backend.name.clone(),
         });
     }
+    let extensions = tunnel::frames::Extensions::from_header(
+        backend_headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     let client_headers = answer_headers(backend_headers, protocol);
     record("upgraded");
     tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
         protocol = protocol.as_str(), handshake_ms = started.elapsed().as_millis() as u64, "websocket upgraded");
 
     let tunnel = tunnel::Tunnel {
-        proxy: proxy.clone(),
-        upstream,
+        shared: proxy.tunnel_shared[upstream].clone(),
         lease: pick.lease,
         conn: conn.clone(),
+        extensions,
     };
     proxy.tunnels.spawn(async move {
         match client_upgrade.await {

@@ -217,7 +217,7 @@ impl TlsTerminator {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = shutdown.drain_token().cancelled() => return,
+                _ = shutdown.stop_token().cancelled() => return,
             }
             let mut changed = false;
             for (cert, seen) in &mut certs {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawLimits, RawTimeouts};
+use super::raw::{RawConfig, RawDrain, RawLimits, RawTimeouts, RawWebSocket};
 use super::{
     Config, ConfigError, HostPattern, Limits, LogFormat, Route, Timeouts, line_of, parse_duration,
 };
 
 mod tls;
+mod tunnel;
 mod upstream;
 
 /// Largest weight accepted; keeps the round-robin schedule small.
@@ -70,13 +71,23 @@ impl Checker<'_> {
         key: &str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        let Some(value) = value else {
-            return Ok(default);
-        };
-        match parse_duration(value.get_ref()) {
-            Ok(d) if d.is_zero() => self.error(value.span(), key, "must be longer than zero", None),
-            Ok(d) => Ok(d),
-            Err(message) => self.error(value.span(), key, message, None),
+        let d = self.duration_or_zero(value, key, default)?;
+        match value {
+            Some(v) if d.is_zero() => self.error(v.span(), key, "must be longer than zero", None),
+            _ => Ok(d),
+        }
+    }
+
+    /// Like [`Checker::duration`], but "0s" is accepted (for keys where zero means "none").
+    pub(super) fn duration_or_zero(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => parse_duration(v.get_ref()).or_else(|m| self.error(v.span(), key, m, None)),
         }
     }
 
@@ -119,6 +130,11 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
     let timeouts = timeouts(
         &check,
         raw.timeouts.as_ref().unwrap_or(&RawTimeouts::default()),
+    )?;
+    let drain = tunnel::drain(&check, raw.drain.as_ref().unwrap_or(&RawDrain::default()))?;
+    let websocket = tunnel::websocket(
+        &check,
+        raw.websocket.as_ref().unwrap_or(&RawWebSocket::default()),
     )?;
     let log_format = match raw.log.as_ref().and_then(|log| log.format.as_ref()) {
         None => LogFormat::Text,
@@ -204,6 +220,8 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         admin,
         limits,
         timeouts,
+        drain,
+        websocket,
         log_format,
         tls,
         routes,
@@ -251,6 +269,11 @@ fn timeouts(check: &Checker, raw: &RawTimeouts) -> Result<Timeouts, ConfigError>
             &raw.half_closed,
             "timeouts.half_closed",
             Duration::from_secs(10),
+        )?,
+        shutdown_delay: check.duration_or_zero(
+            &raw.shutdown_delay,
+            "timeouts.shutdown_delay",
+            Duration::ZERO,
         )?,
         shutdown_grace: check.duration(
             &raw.shutdown_grace,
