@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -351,4 +352,163 @@ pub fn tally<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> Has
         *map.entry(item).or_insert(0) += 1;
     }
     map
+}
+
+/// Most frames a [`FrameBackend`] connection reads before it gives up on the connection.
+const MAX_FRAMES_PER_CONNECTION: usize = 1_000_000;
+
+/// How long a [`FrameBackend`] connection waits for its next frame before it gives up.
+const FRAME_BACKEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A WebSocket backend written by hand, frame by frame, that records every frame it receives
+/// exactly as it came (MASK bit, FIN, opcode, unmasked payload), per connection in accept order.
+/// It echoes each complete data message as one frame (fragments are reassembled first), answers
+/// Ping with Pong and Close with a Close carrying the same code, and after a Close closes its
+/// sending side (the server closes TCP first, RFC 6455 §7.1.1) and reads until EOF. A frame is
+/// recorded only after the backend's answer to it is written, so a test that sees a frame
+/// recorded knows the answer is already on its way.
+pub struct FrameBackend {
+    pub addr: SocketAddr,
+    pub live: LiveCount,
+    received: Arc<watch::Sender<Vec<Vec<super::clients::WireFrame>>>>,
+}
+
+impl FrameBackend {
+    pub async fn start() -> FrameBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let live = LiveCount::new();
+        let received = Arc::new(watch::channel(Vec::new()).0);
+        let backend = FrameBackend {
+            addr,
+            live: live.clone(),
+            received: received.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let guard = live.enter();
+                let mut index = 0;
+                received.send_modify(|all| {
+                    index = all.len();
+                    all.push(Vec::new());
+                });
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let head = super::clients::read_head(&mut stream).await;
+                    let reply = switching_protocols(&head);
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    frame_connection(stream, |frame| {
+                        received.send_modify(|all| all[index].push(frame));
+                    })
+                    .await;
+                });
+            }
+        });
+        backend
+    }
+
+    /// Every connection's frames so far, in accept order.
+    pub fn connections(&self) -> Vec<Vec<super::clients::WireFrame>> {
+        self.received.borrow().clone()
+    }
+
+    /// Waits until `check` finds what it looks for in the frames received so far.
+    pub async fn wait_until<T>(
+        &self,
+        what: &str,
+        check: impl Fn(&[Vec<super::clients::WireFrame>]) -> Option<T>,
+    ) -> T {
+        let mut rx = self.received.subscribe();
+        let mut found = None;
+        let waited = tokio::time::timeout(
+            super::DEADLINE,
+            rx.wait_for(|all| {
+                found = check(all);
+                found.is_some()
+            }),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => found.expect("found"),
+            _ => panic!(
+                "timed out waiting for the backend to see {what}; it saw {:?}",
+                summarize(&self.connections())
+            ),
+        }
+    }
+}
+
+/// Opcode, FIN, MASK and length of each frame: for failure messages.
+fn summarize(connections: &[Vec<super::clients::WireFrame>]) -> Vec<Vec<String>> {
+    connections
+        .iter()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| {
+                    format!(
+                        "op={:#x} fin={} masked={} len={}",
+                        f.opcode,
+                        f.fin,
+                        f.masked,
+                        f.payload.len()
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn frame_connection(mut stream: TcpStream, record: impl Fn(super::clients::WireFrame)) {
+    use super::clients::{frame_bytes, read_frame};
+    // The first opcode and the bytes so far of a fragmented message.
+    let mut message: Option<(u8, Vec<u8>)> = None;
+    let mut shut = false;
+    for _ in 0..MAX_FRAMES_PER_CONNECTION {
+        let Ok(Some(frame)) =
+            tokio::time::timeout(FRAME_BACKEND_PATIENCE, read_frame(&mut stream)).await
+        else {
+            break;
+        };
+        let reply = match frame.opcode {
+            0x1 | 0x2 if frame.fin => Some(frame_bytes(true, frame.opcode, &frame.payload, None)),
+            0x1 | 0x2 => {
+                message = Some((frame.opcode, frame.payload.clone()));
+                None
+            }
+            0x0 => {
+                if let Some((_, data)) = message.as_mut() {
+                    data.extend_from_slice(&frame.payload);
+                }
+                match message.take_if(|_| frame.fin) {
+                    Some((opcode, data)) => Some(frame_bytes(true, opcode, &data, None)),
+                    None => None,
+                }
+            }
+            0x9 => Some(frame_bytes(true, 0xA, &frame.payload, None)),
+            0x8 => {
+                let code = &frame.payload[..frame.payload.len().min(2)];
+                Some(frame_bytes(true, 0x8, code, None))
+            }
+            _ => None,
+        };
+        let is_close = frame.opcode == 0x8;
+        if let Some(bytes) = reply
+            && !shut
+            && stream.write_all(&bytes).await.is_err()
+        {
+            shut = true;
+        }
+        record(frame);
+        if is_close && !shut {
+            let _ = stream.shutdown().await;
+            shut = true;
+        }
+    }
 }

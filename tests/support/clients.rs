@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -151,4 +151,99 @@ pub async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
     stream
+}
+
+/// One WebSocket frame as it was on the wire (RFC 6455 §5.2), its payload unmasked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    pub fin: bool,
+    /// The RSV bits, as the top bits of the first byte (0x70 mask).
+    pub rsv: u8,
+    pub opcode: u8,
+    /// The MASK bit was set (a client's frame).
+    pub masked: bool,
+    pub payload: Vec<u8>,
+}
+
+impl WireFrame {
+    /// A Close frame's status code, if it is a Close with one.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+
+    /// A Close frame's reason text (empty without one).
+    pub fn close_reason(&self) -> String {
+        String::from_utf8_lossy(self.payload.get(2..).unwrap_or_default()).into_owned()
+    }
+}
+
+/// Longest frame [`read_frame`] accepts; a longer one reads as the end of the stream.
+const MAX_WIRE_FRAME: u64 = 64 * 1024 * 1024;
+
+/// Reads one whole frame. `None` at EOF, on a read error, or for a frame over 64 MiB. No
+/// deadline of its own: wrap it in a timeout where the peer may stay silent.
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Option<WireFrame> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.ok()?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut bytes = [0u8; 2];
+            stream.read_exact(&mut bytes).await.ok()?;
+            u64::from(u16::from_be_bytes(bytes))
+        }
+        127 => {
+            let mut bytes = [0u8; 8];
+            stream.read_exact(&mut bytes).await.ok()?;
+            u64::from_be_bytes(bytes)
+        }
+        short => u64::from(short),
+    };
+    if len > MAX_WIRE_FRAME {
+        return None;
+    }
+    let masked = head[1] & 0x80 != 0;
+    let mut key = [0u8; 4];
+    if masked {
+        stream.read_exact(&mut key).await.ok()?;
+    }
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await.ok()?;
+    if masked {
+        payload
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b ^= key[i % 4]);
+    }
+    Some(WireFrame {
+        fin: head[0] & 0x80 != 0,
+        rsv: head[0] & 0x70,
+        opcode: head[0] & 0x0f,
+        masked,
+        payload,
+    })
+}
+
+/// A frame of any length: `fin` and `opcode` as given, masked with `mask` when given (a client
+/// frame), unmasked otherwise (a server frame).
+pub fn frame_bytes(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = mask.unwrap_or([0; 4]);
+    if mask.is_some() {
+        frame.extend_from_slice(&key);
+    }
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
 }

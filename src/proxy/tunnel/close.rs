@@ -1,25 +1,27 @@
-//! The one road into a live tunnel: a close request (codes, a start, a deadline) delivered to
-//! the tunnel, which acts on it at its next frame boundary.
+//! The one mechanism that ends a tunnel on switchboard's initiative (RFC 6455 §7).
 //!
-//! Every reason switchboard has to end a tunnel — shutdown, and later drains and reloads — is a
-//! [`CloseRequest`] handed to the tunnel's [`Control`]; nothing reaches into a tunnel from
-//! outside. The [`TunnelRegistry`] holds every live tunnel's control, so one event can ask all of
-//! them, spread evenly with jitter over a window so that clients do not reconnect in the same
-//! instant. Idle, lifetime, ping and size limits build the same request inside the tunnel.
+//! A [`CloseRequest`] says with which code each side is told and when; the splice then: lets
+//! each direction finish the message in progress (a frame is never cut, and a fragmented
+//! message is finished too, bounded by the deadline), sends the client an unmasked Close and the
+//! backend a masked one with a fresh key (§5.3), relays nothing more except that the peers'
+//! Close replies are consumed, waits for both closing handshakes until the request's deadline
+//! (`drain.close_linger`), and then ends TCP with FIN, after reading to EOF so that unread bytes
+//! do not turn the close into a reset. A peer that already sent or got a Close is not sent
+//! another one. Shutdown, idle and lifetime limits, unanswered pings, oversized messages and
+//! broken framing all arrive here as the same request.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Context;
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::CloseReason;
-use crate::balancer::Backend;
+use super::control::CloseRequest;
+use super::frames::Violation;
+use super::gate::Mode;
+use super::relay::Direction;
+use super::splice::Splice;
+use super::{CloseReason, GaugeGuard, Side, TunnelShared};
 
-/// Close 1001 Going Away (RFC 6455 §7.4.1): the server is going down or the client idled out.
+/// Close 1001 Going Away (§7.4.1): the server is going down or the client idled out.
 pub const GOING_AWAY: u16 = 1001;
 /// Close 1002: the peer broke the framing rules.
 pub const PROTOCOL_ERROR: u16 = 1002;
@@ -28,214 +30,112 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Close 1011: the server hit an unexpected condition (here: its backend broke the framing).
 pub const INTERNAL_ERROR: u16 = 1011;
 
-/// Ask a tunnel to end politely: Close frames at the next message boundary from `start`, then
-/// TCP ends when both closing handshakes are done or at `deadline`, whichever comes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseRequest {
-    /// Why; the metric label and the log line.
-    pub reason: CloseReason,
-    /// The code of the Close sent to the client; `None`: send none, do not wait for one.
-    pub to_client: Option<u16>,
-    /// The code of the Close sent to the backend; `None`: send none, do not wait for one.
-    pub to_backend: Option<u16>,
-    /// When to begin (a spread close begins later for some tunnels than for others).
-    pub start: Instant,
-    /// When TCP ends whatever the peers did.
-    pub deadline: Instant,
+/// A polite close in progress (or scheduled).
+pub(super) struct Closing {
+    pub(super) request: CloseRequest,
+    /// Close frames are on their way (the request's start has come).
+    pub(super) started: bool,
+    /// Both closing handshakes are over; waiting for the peers' FIN.
+    pub(super) settled: bool,
+    /// Counts the tunnel in `switchboard_tunnels_closing` while it closes.
+    pub(super) _gauge: Option<GaugeGuard>,
 }
 
-impl CloseRequest {
-    /// The same code both ways, starting now, ending TCP after `linger`.
-    pub fn now(reason: CloseReason, code: u16, linger: Duration) -> Self {
-        let now = Instant::now();
-        CloseRequest {
-            reason,
-            to_client: Some(code),
-            to_backend: Some(code),
-            start: now,
-            deadline: now + linger,
-        }
-    }
-
-    /// Folds a later request into this one: the first reason and codes stay, the earlier
-    /// start and deadline win (a second SIGTERM hurries a spread close; a cut ends it).
-    pub fn merge(&mut self, later: &CloseRequest) {
-        self.start = self.start.min(later.start);
-        self.deadline = self.deadline.min(later.deadline);
-    }
-
-    /// The short reason text of switchboard's Close frames (§5.5.1 allows up to 123 bytes).
-    pub fn reason_text(&self) -> &'static str {
-        match self.reason {
-            CloseReason::Shutdown => "server going away",
-            CloseReason::IdleTimeout => "idle timeout",
-            CloseReason::Lifetime => "maximum lifetime reached",
-            CloseReason::MessageTooBig => "message too big",
-            CloseReason::PingTimeout => "ping timeout",
-            CloseReason::BadFraming => "protocol error",
-            _ => "closing",
-        }
-    }
-}
-
-/// A tunnel's mailbox for close requests: set from any thread, read by the tunnel's task.
-#[derive(Default)]
-pub struct Control {
-    waker: AtomicWaker,
-    pending: AtomicBool,
-    request: Mutex<Option<CloseRequest>>,
-}
-
-impl Control {
-    /// Delivers `request` (merged with one not yet taken) and wakes the tunnel.
-    pub fn request(&self, request: CloseRequest) {
-        {
-            let mut slot = self.request.lock().unwrap_or_else(|e| e.into_inner());
-            match slot.as_mut() {
-                Some(held) => held.merge(&request),
-                None => *slot = Some(request),
+impl<C, B> Splice<C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Takes in a close request, or folds it into the one under way.
+    pub(super) fn request(&mut self, request: CloseRequest, closing: &mut Option<Box<Closing>>) {
+        match closing {
+            Some(c) => c.request.merge(&request),
+            None => {
+                // Boxed: most tunnels never close this way, and an idle one should not carry it.
+                *closing = Some(Box::new(Closing {
+                    request,
+                    started: false,
+                    settled: false,
+                    _gauge: None,
+                }))
             }
         }
-        self.pending.store(true, Ordering::Release);
-        self.waker.wake();
     }
 
-    /// The request delivered since the last call, if any; otherwise registers for a wake-up.
-    pub fn poll_take(&self, cx: &mut Context<'_>) -> Option<CloseRequest> {
-        if !self.pending.load(Ordering::Acquire) {
-            self.waker.register(cx.waker());
-            if !self.pending.load(Ordering::Acquire) {
-                return None;
+    /// The request's start has come: each direction finishes its message and sends Close.
+    pub(super) fn begin(&mut self, closing: &mut Closing, shared: &TunnelShared) {
+        closing.started = true;
+        closing._gauge = Some(GaugeGuard::new(&shared.closing));
+        let reason = closing.request.reason;
+        for (code, direction) in [
+            (closing.request.to_client, &mut self.to_client),
+            (closing.request.to_backend, &mut self.to_backend),
+        ] {
+            if direction.gate.mode != Mode::Open {
+                continue;
             }
+            direction.gate.mode = match code {
+                Some(code) if !direction.gate.delivered && direction.writer_open() => {
+                    Mode::Finishing(code, reason)
+                }
+                // No Close for this side (it is gone, or it already has one): relay no more.
+                _ => Mode::Closed,
+            };
         }
-        self.pending.store(false, Ordering::Release);
-        self.request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-}
-
-/// What one event asks of every tunnel: codes, and a window to spread the closes over.
-#[derive(Debug, Clone, Copy)]
-pub struct CloseAll {
-    /// Why.
-    pub reason: CloseReason,
-    /// The Close code both ways.
-    pub code: u16,
-    /// Closes are spread evenly, with jitter, over this window from now.
-    pub spread: Duration,
-    /// Each tunnel's time from its Close to the end of TCP.
-    pub linger: Duration,
-}
-
-struct Entry {
-    control: Arc<Control>,
-    /// For closing the tunnels of one backend (drains).
-    #[allow(dead_code)]
-    backend: Arc<Backend>,
-}
-
-#[derive(Default)]
-struct Inner {
-    next_id: u64,
-    tunnels: HashMap<u64, Entry>,
-    /// Set once every tunnel is being closed: a tunnel that starts later is asked at once.
-    closing_all: Option<CloseAll>,
-}
-
-/// Every live tunnel's [`Control`], for the process's life. Touched when a tunnel starts and
-/// ends and when an event closes many; never per message.
-#[derive(Default)]
-pub struct TunnelRegistry {
-    inner: Mutex<Inner>,
-}
-
-/// A tunnel's place in the registry; leaves it when dropped.
-pub struct Registration {
-    registry: Arc<TunnelRegistry>,
-    id: u64,
-    /// The tunnel's mailbox.
-    pub control: Arc<Control>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.registry.lock().tunnels.remove(&self.id);
-    }
-}
-
-impl TunnelRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a tunnel on `backend`. If every tunnel is being closed, this one is asked at once.
-    pub fn register(self: &Arc<Self>, backend: Arc<Backend>) -> Registration {
-        let control = Arc::new(Control::default());
-        let mut inner = self.lock();
-        let id = inner.next_id;
-        inner.next_id += 1;
-        if let Some(all) = inner.closing_all {
-            control.request(CloseRequest::now(all.reason, all.code, all.linger));
-        }
-        inner.tunnels.insert(
-            id,
-            Entry {
-                control: control.clone(),
-                backend,
-            },
+    /// Whether each side that is to be closed got a Close and answered (or can do neither).
+    pub(super) fn handshakes_done(&self, request: &CloseRequest) -> bool {
+        let side_done = |code: Option<u16>, toward: &Direction, from: &Direction| {
+            code.is_none()
+                || ((toward.gate.delivered || !toward.writer_open())
+                    && (from.gate.close_seen.is_some()
+                        || !from.reader_open()
+                        || from.gate.mode == Mode::Lost))
+        };
+        side_done(request.to_client, &self.to_client, &self.to_backend)
+            && side_done(request.to_backend, &self.to_backend, &self.to_client)
+    }
+
+    /// A close request for a framing violation the last poll found.
+    pub(super) fn violation(&mut self, linger: Duration) -> Option<CloseRequest> {
+        let (side, violation) = if let Some(v) = self.to_backend.gate.violation.take() {
+            (Side::Client, v)
+        } else {
+            (Side::Backend, self.to_client.gate.violation.take()?)
+        };
+        let (reason, to_offender, to_other) = match violation {
+            Violation::TooBig => (CloseReason::MessageTooBig, MESSAGE_TOO_BIG, GOING_AWAY),
+            _ if side == Side::Backend => (CloseReason::BadFraming, PROTOCOL_ERROR, INTERNAL_ERROR),
+            _ => (CloseReason::BadFraming, PROTOCOL_ERROR, GOING_AWAY),
+        };
+        tracing::info!(
+            offender = side.as_str(),
+            violation = violation.as_str(),
+            "closing tunnel: {}",
+            reason.as_str()
         );
-        Registration {
-            registry: self.clone(),
-            id,
-            control,
+        let mut request = CloseRequest::now(reason, to_offender, linger);
+        match side {
+            Side::Client => request.to_backend = Some(to_other),
+            Side::Backend => request.to_client = Some(to_other),
         }
+        Some(request)
     }
 
-    /// Live tunnels now.
-    pub fn len(&self) -> usize {
-        self.lock().tunnels.len()
-    }
-
-    /// True when no tunnel is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Asks every tunnel to close: tunnel *i* of *n* starts at `spread × (i + u) / n` from now,
-    /// `u` uniform in [0, 1), so closes are even across the window and not in lockstep. Calling
-    /// it again with a shorter spread hurries them (requests merge to the earlier start).
-    pub fn close_all(&self, all: CloseAll) {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        inner.closing_all = Some(all);
-        let n = inner.tunnels.len().max(1) as f64;
-        for (i, entry) in inner.tunnels.values().enumerate() {
-            let slot = (i as f64 + rand::random::<f64>()) / n;
-            let start = now + all.spread.mul_f64(slot);
-            entry.control.request(CloseRequest {
-                reason: all.reason,
-                to_client: Some(all.code),
-                to_backend: Some(all.code),
-                start,
-                deadline: start + all.linger,
-            });
+    /// Once both closing handshakes are over: shut both writers down (FIN), drop what still
+    /// comes, and read to EOF so that no unread byte turns the close into a reset.
+    pub(super) fn settle_when_done(&mut self, closing: &mut Closing) -> bool {
+        if !closing.started || closing.settled || !self.handshakes_done(&closing.request) {
+            return false;
         }
-    }
-
-    /// Ends every tunnel now, politely or not (the shutdown grace period is over).
-    pub fn cut_all(&self, reason: CloseReason) {
-        let now = Instant::now();
-        let inner = self.lock();
-        for entry in inner.tunnels.values() {
-            entry.control.request(CloseRequest {
-                reason,
-                to_client: None,
-                to_backend: None,
-                start: now,
-                deadline: now,
-            });
+        closing.settled = true;
+        for direction in [&mut self.to_backend, &mut self.to_client] {
+            direction.settle = true;
+            if direction.gate.mode != Mode::Lost {
+                direction.gate.mode = Mode::Closed;
+            }
         }
+        true
     }
 }

@@ -19,8 +19,9 @@
 pub const MAX_HEADER: usize = 14;
 
 /// Most bytes carried from one read to the next: a split header, or a whole small control
-/// frame that the caller asked to see at once (a Pong it may have to consume).
-pub const CARRY_MAX: usize = 24;
+/// frame that the caller asked to see at once (a masked Pong of 8 bytes, which it may have to
+/// consume, is exactly this long).
+pub const CARRY_MAX: usize = MAX_HEADER;
 
 /// Opcodes (§5.2).
 pub mod opcode {
@@ -164,8 +165,8 @@ pub struct Rules {
     pub rsv_first: u8,
     /// RSV bits allowed on every frame (an extension switchboard does not know: all of them).
     pub rsv_any: u8,
-    /// Longest data message, summed over its fragments.
-    pub max_message: Option<u64>,
+    /// Longest data message, summed over its fragments (`u64::MAX`: no limit).
+    pub max_message: u64,
 }
 
 impl Rules {
@@ -176,7 +177,7 @@ impl Rules {
             masked,
             rsv_first: if extensions.deflate { 0x40 } else { 0 },
             rsv_any: if extensions.unknown { 0x70 } else { 0 },
-            max_message,
+            max_message: max_message.unwrap_or(u64::MAX),
         }
     }
 }
@@ -233,8 +234,9 @@ pub struct FrameTracker {
     rules: Rules,
     /// Payload bytes of the current frame still to come.
     remaining: u64,
-    /// Payload length of the current frame.
-    len: u64,
+    /// Payload length of the current frame when it is a control frame (at most 125 when
+    /// valid), for the Close code's position.
+    control_len: u8,
     /// Masking key of the current frame (zeros when unmasked).
     mask: [u8; 4],
     /// Opcode of the current frame.
@@ -255,7 +257,7 @@ impl FrameTracker {
         FrameTracker {
             rules,
             remaining: 0,
-            len: 0,
+            control_len: 0,
             mask: [0; 4],
             opcode: 0,
             in_message: false,
@@ -324,7 +326,7 @@ impl FrameTracker {
                 }
                 let so_far = if continuation { self.message_len } else { 0 };
                 let total = so_far.saturating_add(head.len);
-                if self.rules.max_message.is_some_and(|max| total > max) {
+                if total > self.rules.max_message {
                     return Err(Violation::TooBig);
                 }
                 self.message_len = total;
@@ -337,7 +339,7 @@ impl FrameTracker {
 
     fn enter(&mut self, head: &FrameHead) {
         self.remaining = head.len;
-        self.len = head.len;
+        self.control_len = head.len.min(u8::MAX as u64) as u8;
         self.mask = head.mask.unwrap_or([0; 4]);
         self.opcode = head.opcode;
         self.close_code = 0;
@@ -348,7 +350,7 @@ impl FrameTracker {
         if self.opcode != opcode::CLOSE {
             return;
         }
-        let offset = self.len - self.remaining;
+        let offset = u64::from(self.control_len).saturating_sub(self.remaining);
         for (i, byte) in payload
             .iter()
             .take(2usize.saturating_sub(offset as usize))
@@ -381,7 +383,7 @@ impl FrameTracker {
 
     /// The status code of the Close frame that just ended ([`NO_STATUS`] without one).
     pub fn close_code(&self) -> u16 {
-        if self.len >= 2 {
+        if self.control_len >= 2 {
             self.close_code
         } else {
             NO_STATUS

@@ -9,7 +9,7 @@
 //! - **Backpressure.** While a direction has unwritten data it does not read, so a slow reader
 //!   slows the writer instead of growing memory. The writer is flushed after every completed
 //!   write, including the tail of a backlog (TLS writers hold bytes until flushed).
-//! - **Frames.** The gate follows frame boundaries with a [`FrameTracker`]; in the common case
+//! - **Frames.** The gate follows frame boundaries with a frame tracker; in the common case
 //!   it keeps the whole chunk and the relay is the plain copy it always was. It drops what must
 //!   not go on (a Pong that answers switchboard's own Ping, anything after a Close) by moving
 //!   the kept bytes together in the same stack buffer, and it says when a Close or a Ping of
@@ -22,13 +22,10 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::frames::{self, FrameTracker, Item, Rules, Violation, opcode};
+use super::gate::Gate;
 
 /// Bytes read per chunk. Lives on the stack of one poll, never in the tunnel.
 const CHUNK: usize = 16 * 1024;
-
-/// The payload of switchboard's Pings; a Pong carrying it answers switchboard, not the backend.
-pub const PING_PAYLOAD: &[u8; 8] = b"sb-ping!";
 
 /// The state of one direction's byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,190 +38,11 @@ pub enum Flow {
     Done,
 }
 
-/// What the gate does with the reader's frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Relay every frame.
-    Open,
-    /// A polite close is under way: relay until the message in progress ends, then send the
-    /// writer a Close with this code and reason.
-    Finishing(u16, &'static str),
-    /// The writer has had a Close: drop the reader's frames, but still see its Close.
-    Closed,
-    /// The reader's bytes are not WebSocket framing any more: drop them all.
-    Lost,
-}
-
-/// The framing policy of one direction, without IO.
-pub struct Gate {
-    tracker: FrameTracker,
-    /// What happens to the reader's frames.
-    pub mode: Mode,
-    /// The current frame's bytes are relayed.
-    keep_frame: bool,
-    /// Frames switchboard writes toward this writer must be masked (toward the backend).
-    mask_out: bool,
-    /// The reader sent a Close, with this code.
-    pub close_seen: Option<u16>,
-    /// A Close went toward the writer, relayed or switchboard's own.
-    pub delivered: bool,
-    /// The code of switchboard's own Close toward the writer, if it sent one.
-    pub sent_code: Option<u16>,
-    /// The reader broke the framing rules (taken by the splice).
-    pub violation: Option<Violation>,
-    /// A Ping of switchboard's is unanswered: consume the reader's Pong that carries its payload.
-    pub watch_pong: bool,
-    /// Such a Pong came (taken by the splice).
-    pub pong_matched: bool,
-    /// Send the writer a Ping at the next frame boundary.
-    pub want_ping: bool,
-}
-
-impl Gate {
-    /// A gate for frames that follow `rules`; `mask_out` for the direction toward the backend.
-    pub fn new(rules: Rules, mask_out: bool) -> Self {
-        Gate {
-            tracker: FrameTracker::new(rules),
-            mode: Mode::Open,
-            keep_frame: true,
-            mask_out,
-            close_seen: None,
-            delivered: false,
-            sent_code: None,
-            violation: None,
-            watch_pong: false,
-            pong_matched: false,
-            want_ping: false,
-        }
-    }
-
-    /// Switchboard's Close or Ping, if one is due at this point of the stream.
-    fn due_frame(&mut self) -> Option<Vec<u8>> {
-        if let Mode::Finishing(code, reason) = self.mode
-            && self.tracker.at_message_boundary()
-        {
-            return Some(self.own_close(code, reason));
-        }
-        if self.want_ping && self.mode == Mode::Open && self.tracker.at_frame_boundary() {
-            self.want_ping = false;
-            return Some(frames::control_frame(
-                opcode::PING,
-                PING_PAYLOAD,
-                self.mask(),
-            ));
-        }
-        None
-    }
-
-    fn own_close(&mut self, code: u16, reason: &str) -> Vec<u8> {
-        self.mode = Mode::Closed;
-        self.delivered = true;
-        self.sent_code = Some(code);
-        frames::close_frame(code, reason, self.mask())
-    }
-
-    fn mask(&self) -> Option<[u8; 4]> {
-        // A fresh, unpredictable key for every frame toward a server (RFC 6455 §5.3).
-        self.mask_out.then(rand::random::<[u8; 4]>)
-    }
-
-    /// Decides, frame by frame, what of `buf` goes on. Kept bytes are moved to the front; the
-    /// return is how many there are, and switchboard's own frame to write after them (a Close
-    /// when the boundary it waited for came, or because the reader broke the rules). A header
-    /// cut off at the end is carried to the next read.
-    pub fn filter(&mut self, buf: &mut [u8]) -> (usize, Option<Vec<u8>>) {
-        let mut pos = 0;
-        let mut out = 0;
-        let mut own = None;
-        while pos < buf.len() && self.mode != Mode::Lost {
-            if let Mode::Finishing(code, reason) = self.mode
-                && self.tracker.at_message_boundary()
-            {
-                own = Some(self.own_close(code, reason));
-            }
-            let watch = self.watch_pong && self.mode != Mode::Closed;
-            let is_our_pong = |h: &frames::FrameHead| {
-                watch && h.opcode == opcode::PONG && h.len == PING_PAYLOAD.len() as u64
-            };
-            let n = match self.tracker.next(&buf[pos..], is_our_pong) {
-                Item::Partial => {
-                    self.tracker.carry(&buf[pos..]);
-                    break;
-                }
-                Item::Payload(n) => {
-                    if self.keep_frame {
-                        keep(buf, pos, n, &mut out);
-                    }
-                    n
-                }
-                Item::Head(head) => {
-                    let mut relay = self.mode != Mode::Closed;
-                    if relay && is_our_pong(&head) {
-                        let payload = &buf[pos + head.header_len..][..PING_PAYLOAD.len()];
-                        let key = head.mask.unwrap_or([0; 4]);
-                        if payload
-                            .iter()
-                            .enumerate()
-                            .all(|(i, b)| b ^ key[i % 4] == PING_PAYLOAD[i])
-                        {
-                            relay = false;
-                            self.pong_matched = true;
-                        }
-                    }
-                    if relay && head.opcode == opcode::CLOSE {
-                        self.delivered = true;
-                    }
-                    self.keep_frame = relay;
-                    if relay {
-                        keep(buf, pos, head.header_len, &mut out);
-                    }
-                    head.header_len
-                }
-                Item::Bad(violation, head) => {
-                    self.violation.get_or_insert(violation);
-                    self.keep_frame = false;
-                    // The other side is told at this boundary; the offender by the splice.
-                    if !self.delivered && own.is_none() {
-                        own = Some(self.own_close(super::close::GOING_AWAY, "going away"));
-                    }
-                    match head {
-                        Some(head) if violation.is_recoverable() => {
-                            self.mode = Mode::Closed;
-                            head.header_len
-                        }
-                        _ => {
-                            self.mode = Mode::Lost;
-                            break;
-                        }
-                    }
-                }
-            };
-            pos += n;
-            if self.tracker.frame_done() && self.tracker.opcode() == opcode::CLOSE {
-                self.close_seen.get_or_insert(self.tracker.close_code());
-                if self.delivered && self.mode == Mode::Open {
-                    // The peer's Close went on: nothing it sends after it may.
-                    self.mode = Mode::Closed;
-                }
-            }
-        }
-        (out, own)
-    }
-}
-
-/// Moves `buf[from..from + n]` down to `*out`, where the kept bytes end (a no-op while all
-/// bytes are kept, which is the common case).
-fn keep(buf: &mut [u8], from: usize, n: usize, out: &mut usize) {
-    if from != *out {
-        buf.copy_within(from..from + n, *out);
-    }
-    *out += n;
-}
-
 /// One direction of the relay.
 pub struct Direction {
-    /// Data waiting for the writer, and how much of it was written.
-    pending: Option<(Vec<u8>, usize)>,
+    /// Data waiting for the writer, and how much of it was written; boxed, as it is rare and
+    /// an idle tunnel should not carry its room.
+    pending: Option<Box<(Vec<u8>, usize)>>,
     /// The writer needs a flush before more is read (matters for TLS writers).
     needs_flush: bool,
     /// Where the byte stream is.
@@ -268,8 +86,8 @@ impl Direction {
 
     fn push_pending(&mut self, data: &[u8]) {
         match &mut self.pending {
-            Some((buf, _)) => buf.extend_from_slice(data),
-            None => self.pending = Some((data.to_vec(), 0)),
+            Some(pending) => pending.0.extend_from_slice(data),
+            None => self.pending = Some(Box::new((data.to_vec(), 0))),
         }
     }
 
@@ -287,7 +105,8 @@ impl Direction {
         W: AsyncWrite + Unpin,
     {
         loop {
-            if let Some((data, written)) = &mut self.pending {
+            if let Some(pending) = &mut self.pending {
+                let (data, written) = &mut **pending;
                 while *written < data.len() {
                     let n = ready!(Pin::new(&mut *writer).poll_write(cx, &data[*written..]))?;
                     if n == 0 {
@@ -309,7 +128,7 @@ impl Direction {
                 && let Some(frame) = self.gate.due_frame()
             {
                 self.bytes += frame.len() as u64;
-                self.pending = Some((frame, 0));
+                self.pending = Some(Box::new((frame, 0)));
                 continue;
             }
             match self.flow {
@@ -360,7 +179,7 @@ impl Direction {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         // Only now does this direction need memory of its own.
-                        self.pending = Some((data[written..].to_vec(), 0));
+                        self.pending = Some(Box::new((data[written..].to_vec(), 0)));
                         return Poll::Pending;
                     }
                 }
@@ -371,3 +190,6 @@ impl Direction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

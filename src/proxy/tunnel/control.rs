@@ -1,0 +1,219 @@
+//! The one road into a live tunnel: a close request (codes, a start, a deadline) delivered to
+//! the tunnel, which acts on it at its next frame boundary.
+//!
+//! Every reason switchboard has to end a tunnel — shutdown, and later drains and reloads — is a
+//! [`CloseRequest`] handed to the tunnel's [`Control`]; nothing reaches into a tunnel from
+//! outside. The [`TunnelRegistry`] holds every live tunnel's control, so one event can ask all of
+//! them, spread evenly with jitter over a window so that clients do not reconnect in the same
+//! instant. Idle, lifetime, ping and size limits build the same request inside the tunnel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Context;
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use tokio::time::Instant;
+
+use super::CloseReason;
+use crate::balancer::Backend;
+
+/// Ask a tunnel to end politely: Close frames at the next message boundary from `start`, then
+/// TCP ends when both closing handshakes are done or at `deadline`, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// Why; the metric label and the log line.
+    pub reason: CloseReason,
+    /// The code of the Close sent to the client; `None`: send none, do not wait for one.
+    pub to_client: Option<u16>,
+    /// The code of the Close sent to the backend; `None`: send none, do not wait for one.
+    pub to_backend: Option<u16>,
+    /// When to begin (a spread close begins later for some tunnels than for others).
+    pub start: Instant,
+    /// When TCP ends whatever the peers did.
+    pub deadline: Instant,
+}
+
+impl CloseRequest {
+    /// The same code both ways, starting now, ending TCP after `linger`.
+    pub fn now(reason: CloseReason, code: u16, linger: Duration) -> Self {
+        let now = Instant::now();
+        CloseRequest {
+            reason,
+            to_client: Some(code),
+            to_backend: Some(code),
+            start: now,
+            deadline: now + linger,
+        }
+    }
+
+    /// Folds a later request into this one: the first reason and codes stay, the earlier
+    /// start and deadline win (a second SIGTERM hurries a spread close; a cut ends it).
+    pub fn merge(&mut self, later: &CloseRequest) {
+        self.start = self.start.min(later.start);
+        self.deadline = self.deadline.min(later.deadline);
+    }
+}
+
+/// A tunnel's mailbox for close requests: set from any thread, read by the tunnel's task.
+#[derive(Default)]
+pub struct Control {
+    waker: AtomicWaker,
+    pending: AtomicBool,
+    request: Mutex<Option<CloseRequest>>,
+}
+
+impl Control {
+    /// Delivers `request` (merged with one not yet taken) and wakes the tunnel.
+    pub fn request(&self, request: CloseRequest) {
+        {
+            let mut slot = self.request.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_mut() {
+                Some(held) => held.merge(&request),
+                None => *slot = Some(request),
+            }
+        }
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The request delivered since the last call, if any; otherwise registers for a wake-up.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Option<CloseRequest> {
+        if !self.pending.load(Ordering::Acquire) {
+            self.waker.register(cx.waker());
+            if !self.pending.load(Ordering::Acquire) {
+                return None;
+            }
+        }
+        self.pending.store(false, Ordering::Release);
+        self.request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// What one event asks of every tunnel: codes, and a window to spread the closes over.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseAll {
+    /// Why.
+    pub reason: CloseReason,
+    /// The Close code both ways.
+    pub code: u16,
+    /// Closes are spread evenly, with jitter, over this window from now.
+    pub spread: Duration,
+    /// Each tunnel's time from its Close to the end of TCP.
+    pub linger: Duration,
+}
+
+struct Entry {
+    control: Arc<Control>,
+    /// For closing the tunnels of one backend (drains).
+    #[allow(dead_code)]
+    backend: Arc<Backend>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    tunnels: HashMap<u64, Entry>,
+    /// Set once every tunnel is being closed: a tunnel that starts later is asked at once.
+    closing_all: Option<CloseAll>,
+}
+
+/// Every live tunnel's [`Control`], for the process's life. Touched when a tunnel starts and
+/// ends and when an event closes many; never per message.
+#[derive(Default)]
+pub struct TunnelRegistry {
+    inner: Mutex<Inner>,
+}
+
+/// A tunnel's place in the registry; leaves it when dropped.
+pub struct Registration {
+    registry: Arc<TunnelRegistry>,
+    id: u64,
+    /// The tunnel's mailbox.
+    pub control: Arc<Control>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().tunnels.remove(&self.id);
+    }
+}
+
+impl TunnelRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a tunnel on `backend`. If every tunnel is being closed, this one is asked at once.
+    pub fn register(self: &Arc<Self>, backend: Arc<Backend>) -> Registration {
+        let control = Arc::new(Control::default());
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        if let Some(all) = inner.closing_all {
+            control.request(CloseRequest::now(all.reason, all.code, all.linger));
+        }
+        inner.tunnels.insert(
+            id,
+            Entry {
+                control: control.clone(),
+                backend,
+            },
+        );
+        Registration {
+            registry: self.clone(),
+            id,
+            control,
+        }
+    }
+
+    /// Live tunnels now.
+    pub fn len(&self) -> usize {
+        self.lock().tunnels.len()
+    }
+
+    /// True when no tunnel is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every tunnel to close: tunnel *i* of *n* starts at `spread × (i + u) / n` from now,
+    /// `u` uniform in [0, 1), so closes are even across the window and not in lockstep. Calling
+    /// it again with a shorter spread hurries them (requests merge to the earlier start).
+    pub fn close_all(&self, all: CloseAll) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.closing_all = Some(all);
+        let n = inner.tunnels.len().max(1) as f64;
+        for (i, entry) in inner.tunnels.values().enumerate() {
+            let slot = (i as f64 + rand::random::<f64>()) / n;
+            let start = now + all.spread.mul_f64(slot);
+            entry.control.request(CloseRequest {
+                reason: all.reason,
+                to_client: Some(all.code),
+                to_backend: Some(all.code),
+                start,
+                deadline: start + all.linger,
+            });
+        }
+    }
+
+    /// Ends every tunnel now, politely or not (the shutdown grace period is over).
+    pub fn cut_all(&self, reason: CloseReason) {
+        let now = Instant::now();
+        let inner = self.lock();
+        for entry in inner.tunnels.values() {
+            entry.control.request(CloseRequest {
+                reason,
+                to_client: None,
+                to_backend: None,
+                start: now,
+                deadline: now,
+            });
+        }
+    }
+}
