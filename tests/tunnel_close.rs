@@ -187,12 +187,12 @@ async fn shutdown_closes_every_tunnel_with_1001_after_its_last_bytes_spread_over
         })
         .await;
 
-    let (done, mut ended) = mpsc::unbounded_channel();
+    let (done, mut ended) = mpsc::channel(TUNNELS);
     for (i, mut ws) in clients.into_iter().enumerate() {
         let done = done.clone();
         tokio::spawn(async move {
             let end = until_close(&mut ws).await;
-            let _ = done.send((i, end));
+            let _ = done.send((i, end)).await;
         });
     }
     sb.shutdown.trigger();
@@ -265,7 +265,7 @@ async fn a_message_being_fragmented_at_shutdown_arrives_whole_before_the_close()
         Arc::new((0..FRAGMENT * FRAGMENTS).map(|i| (i % 251) as u8).collect());
     let half_sent = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
-    let (backend_close_tx, mut backend_close) = mpsc::unbounded_channel();
+    let (backend_close_tx, mut backend_close) = mpsc::channel(1);
     let (addr, _) = {
         let (payload, half_sent, release) = (payload.clone(), half_sent.clone(), release.clone());
         raw_backend(move |mut stream, head| {
@@ -294,7 +294,7 @@ async fn a_message_being_fragmented_at_shutdown_arrives_whole_before_the_close()
                 let close = tokio::time::timeout(DEADLINE, read_frame(&mut stream))
                     .await
                     .expect("a frame within the deadline");
-                let _ = backend_close_tx.send(close);
+                let _ = backend_close_tx.send(close).await;
                 let _ = stream
                     .write_all(&frame_bytes(true, 0x8, &[0x03, 0xE9], None))
                     .await;
@@ -382,14 +382,14 @@ async fn a_second_signal_skips_the_spread() {
         "[drain]\nspread = \"30s\"\nclose_linger = \"1s\"\n[timeouts]\nshutdown_grace = \"60s\"",
     ))
     .await;
-    let (done, mut ended) = mpsc::unbounded_channel();
+    let (done, mut ended) = mpsc::channel(TUNNELS);
     for i in 0..TUNNELS {
         let mut ws = ws_connect(&sb.ws_url("/chat")).await;
         echo(&mut ws, &format!("tunnel {i}")).await;
         let done = done.clone();
         tokio::spawn(async move {
             let end = until_close_patiently(&mut ws).await;
-            let _ = done.send(end);
+            let _ = done.send(end).await;
         });
     }
     sb.shutdown.trigger();
@@ -753,7 +753,7 @@ async fn a_close_from_the_client_is_labelled_client_closed() {
 
 #[tokio::test]
 async fn a_close_from_the_backend_is_labelled_backend_closed() {
-    let (reply_tx, mut reply) = mpsc::unbounded_channel();
+    let (reply_tx, mut reply) = mpsc::channel(1);
     let (addr, live) = raw_backend(move |mut stream, head| {
         let reply_tx = reply_tx.clone();
         async move {
@@ -768,7 +768,7 @@ async fn a_close_from_the_backend_is_labelled_backend_closed() {
                 .await
                 .ok()
                 .flatten();
-            let _ = reply_tx.send(answer);
+            let _ = reply_tx.send(answer).await;
             let _ = stream.shutdown().await;
             let mut rest = Vec::new();
             let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;

@@ -486,10 +486,9 @@ async fn frame_connection(mut stream: TcpStream, record: impl Fn(super::clients:
                 if let Some((_, data)) = message.as_mut() {
                     data.extend_from_slice(&frame.payload);
                 }
-                match message.take_if(|_| frame.fin) {
-                    Some((opcode, data)) => Some(frame_bytes(true, opcode, &data, None)),
-                    None => None,
-                }
+                message
+                    .take_if(|_| frame.fin)
+                    .map(|(opcode, data)| frame_bytes(true, opcode, &data, None))
             }
             0x9 => Some(frame_bytes(true, 0xA, &frame.payload, None)),
             0x8 => {

@@ -46,6 +46,7 @@ pub(super) struct Splice<C, B> {
     pub(super) first_closed: Option<Side>,
     /// Which peer sent a Close first.
     pub(super) first_close: Option<Side>,
+    /// The first close code a peer sent.
     pub(super) first_code: Option<u16>,
 }
 
@@ -137,7 +138,9 @@ where
             if failed[1] {
                 self.to_client.flow = Flow::Done;
             }
-            self.note_closes();
+            if self.note_closes() {
+                changed = true;
+            }
             if self.to_backend.flow == Flow::Done && self.to_client.flow == Flow::Done {
                 let end = match &closing {
                     Some(c) => self.end(c.request.reason, false),
@@ -209,13 +212,16 @@ where
     }
 
     /// Records which side closed first and the first close code, for the log and the label.
-    fn note_closes(&mut self) {
+    /// True when a direction has just ended (the half-closed timeout starts counting).
+    fn note_closes(&mut self) -> bool {
+        let mut half_closed = false;
         if self.first_closed.is_none() {
             if self.to_backend.flow != Flow::Open {
                 self.first_closed = Some(Side::Client);
             } else if self.to_client.flow != Flow::Open {
                 self.first_closed = Some(Side::Backend);
             }
+            half_closed = self.first_closed.is_some();
         }
         if self.first_close.is_none() {
             if self.to_backend.gate.close_seen.is_some() {
@@ -226,13 +232,12 @@ where
         }
         if self.first_code.is_none() {
             self.first_code = self
-                .to_client
+                .to_backend
                 .gate
-                .sent_code
-                .or(self.to_backend.gate.sent_code)
-                .or(self.to_backend.gate.close_seen)
+                .close_seen
                 .or(self.to_client.gate.close_seen);
         }
+        half_closed
     }
 
     /// Why a tunnel that its peers ended, ended: whoever sent Close first, else FIN first.
@@ -248,7 +253,14 @@ where
     pub(super) fn end(&self, reason: CloseReason, cut: bool) -> End {
         End {
             reason,
-            code: self.first_code,
+            // What the client was told says most (1009 to the sender of a big message while
+            // the backend got 1001); then what the backend was told; then what a peer sent.
+            code: self
+                .to_client
+                .gate
+                .sent_code
+                .or(self.to_backend.gate.sent_code)
+                .or(self.first_code),
             cut,
         }
     }
