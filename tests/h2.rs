@@ -5,7 +5,7 @@ mod support;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{Method, Request};
+use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use support::backends::{EchoBackend, HttpBackend};
+use support::clients::extended_connect;
 use support::tls::{TempDir, TestCa, tls_connect};
 use support::{DEADLINE, Switchboard, eventually, metric};
 
@@ -39,20 +40,12 @@ async fn h2_websocket(
     authority: &str,
     path: &str,
 ) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("https://{authority}{path}"))
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-protocol", "chat")
-        .body(Empty::new())
-        .unwrap();
-    sender.ready().await.unwrap();
-    let mut response = tokio::time::timeout(DEADLINE, sender.send_request(request))
-        .await
-        .expect("answer within the deadline")
-        .expect("extended CONNECT answered");
-    assert_eq!(response.status(), 200);
+    let mut response = extended_connect(
+        sender,
+        &format!("https://{authority}{path}"),
+        &[("sec-websocket-protocol", "chat")],
+    )
+    .await;
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
     assert!(!response.headers().contains_key("sec-websocket-accept"));
     let upgraded = hyper::upgrade::on(&mut response)

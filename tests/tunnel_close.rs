@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{Method, Request};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,8 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 
 use support::backends::{EchoBackend, FrameBackend, raw_backend, switching_protocols};
 use support::clients::{
-    WireFrame, Ws, client_frame, frame_bytes, handshake_request, http_get, raw_send, read_frame,
-    read_head, ws_connect,
+    WireFrame, Ws, client_frame, extended_connect, frame_bytes, handshake_request, http_get,
+    raw_send, read_exact, read_frame, read_head, ws_connect,
 };
 use support::{DEADLINE, Switchboard, eventually, metric, one_upstream};
 
@@ -623,25 +622,35 @@ async fn an_unsolicited_pong_is_relayed_to_the_backend() {
     sb.stop().await;
 }
 
-#[tokio::test]
-async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_backend() {
+/// A backend behind `websocket.max_message_bytes = 1024`, and a client through it.
+async fn with_max_message_1024() -> (FrameBackend, Switchboard, Ws) {
     let backend = FrameBackend::start().await;
     let sb = Switchboard::start(&one_upstream(
         &servers(backend.addr),
         "[websocket]\nmax_message_bytes = 1024\n[drain]\nclose_linger = \"1s\"",
     ))
     .await;
-    let mut ws = ws_connect(&sb.ws_url("/chat")).await;
+    let ws = ws_connect(&sb.ws_url("/chat")).await;
+    (backend, sb, ws)
+}
+
+/// The sender of the big message gets 1009 with nothing before it; the backend gets 1001.
+async fn expect_1009_to_client_and_1001_to_backend(ws: &mut Ws, backend: &FrameBackend) {
+    let end = expect_close(ws, CloseCode::Size).await;
+    assert!(end.before.is_empty(), "{:?}", end.before);
+    let closes = backend_closes(backend, 1).await;
+    assert_eq!(closes[0].close_code(), Some(1001));
+}
+
+#[tokio::test]
+async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_backend() {
+    let (backend, sb, mut ws) = with_max_message_1024().await;
     let fits = vec![7u8; 1000];
     ws.send(Message::binary(fits.clone())).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::binary(fits));
 
     ws.send(Message::binary(vec![9u8; 2000])).await.unwrap();
-    let end = expect_close(&mut ws, CloseCode::Size).await;
-    assert!(end.before.is_empty(), "{:?}", end.before);
-
-    let closes = backend_closes(&backend, 1).await;
-    assert_eq!(closes[0].close_code(), Some(1001));
+    expect_1009_to_client_and_1001_to_backend(&mut ws, &backend).await;
     let sizes: Vec<usize> = backend.connections()[0]
         .iter()
         .filter(|f| f.opcode < 0x8)
@@ -654,13 +663,7 @@ async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_backen
 
 #[tokio::test]
 async fn a_fragmented_message_crossing_max_message_bytes_gets_1009() {
-    let backend = FrameBackend::start().await;
-    let sb = Switchboard::start(&one_upstream(
-        &servers(backend.addr),
-        "[websocket]\nmax_message_bytes = 1024\n[drain]\nclose_linger = \"1s\"",
-    ))
-    .await;
-    let mut ws = ws_connect(&sb.ws_url("/chat")).await;
+    let (backend, sb, mut ws) = with_max_message_1024().await;
     let fragment = Bytes::from(vec![5u8; 400]);
     for (opcode, fin) in [
         (OpCode::Data(Data::Binary), false),
@@ -675,11 +678,7 @@ async fn a_fragmented_message_crossing_max_message_bytes_gets_1009() {
         .await
         .unwrap();
     }
-    let end = expect_close(&mut ws, CloseCode::Size).await;
-    assert!(end.before.is_empty(), "{:?}", end.before);
-
-    let closes = backend_closes(&backend, 1).await;
-    assert_eq!(closes[0].close_code(), Some(1001));
+    expect_1009_to_client_and_1001_to_backend(&mut ws, &backend).await;
     let frames = backend.connections().remove(0);
     let data: Vec<&WireFrame> = frames.iter().filter(|f| f.opcode < 0x8).collect();
     let bytes: usize = data.iter().map(|f| f.payload.len()).sum();
@@ -859,32 +858,12 @@ async fn h2c_websocket(
         .await
         .expect("h2 handshake");
     tokio::spawn(connection);
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("http://{authority}{path}"))
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .header("sec-websocket-version", "13")
-        .body(Empty::new())
-        .unwrap();
-    sender.ready().await.unwrap();
-    let mut response = tokio::time::timeout(DEADLINE, sender.send_request(request))
-        .await
-        .expect("answer within the deadline")
-        .expect("extended CONNECT answered");
-    assert_eq!(response.status(), 200);
+    let mut response =
+        extended_connect(&mut sender, &format!("http://{authority}{path}"), &[]).await;
     let upgraded = hyper::upgrade::on(&mut response)
         .await
         .expect("stream upgraded");
     (sender, TokioIo::new(upgraded))
-}
-
-async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    tokio::time::timeout(DEADLINE, stream.read_exact(&mut buf))
-        .await
-        .expect("bytes within the deadline")
-        .expect("read");
-    buf
 }
 
 #[tokio::test]
@@ -908,10 +887,10 @@ async fn an_h2_websocket_gets_close_1001_on_shutdown() {
     assert_eq!((echoed.opcode, &echoed.payload[..]), (0x1, &b"over h2"[..]));
 
     sb.shutdown.trigger();
-    let head = read_some(&mut stream, 2).await;
+    let head = read_exact(&mut stream, 2).await;
     assert_eq!(head[0], 0x88, "an unfragmented Close frame");
     assert!(head[1] & 0x80 == 0, "unmasked toward the client");
-    let payload = read_some(&mut stream, usize::from(head[1])).await;
+    let payload = read_exact(&mut stream, usize::from(head[1])).await;
     assert_eq!(&payload[..2], &[0x03, 0xE9], "code 1001");
     assert_eq!(&payload[2..], b"server going away");
     stream

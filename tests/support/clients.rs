@@ -25,6 +25,31 @@ pub async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
+/// Sends an RFC 8441 extended CONNECT for a WebSocket at `uri` on a new stream of `sender`
+/// (with `headers` besides the version), and returns the answer after checking it is 200.
+pub async fn extended_connect(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<hyper::body::Incoming> {
+    let mut request = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(uri)
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(http_body_util::Empty::new()).unwrap();
+    sender.ready().await.unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("answer within the deadline")
+        .expect("extended CONNECT answered");
+    assert_eq!(response.status(), 200);
+    response
+}
+
 /// A response read whole.
 pub struct HttpResponse {
     pub status: u16,
@@ -101,7 +126,7 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
 }
 
 /// Reads exactly `n` bytes.
-pub async fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+pub async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut buf))
         .await
