@@ -508,13 +508,7 @@ async fn a_busy_tunnel_is_closed_at_its_max_lifetime() {
 
 #[tokio::test]
 async fn an_idle_client_is_pinged_and_its_pongs_stay_off_the_backend() {
-    let backend = FrameBackend::start().await;
-    let sb = Switchboard::start(&one_upstream(
-        &servers(backend.addr),
-        "[websocket]\nping_interval = \"1s\"",
-    ))
-    .await;
-    let mut ws = ws_connect(&sb.ws_url("/chat")).await;
+    let (backend, sb, mut ws) = through_frame_backend("[websocket]\nping_interval = \"1s\"").await;
     for ping in 0..2 {
         match next_message(&mut ws).await {
             Message::Ping(_) => {}
@@ -590,13 +584,7 @@ async fn a_client_that_never_answers_pings_is_closed() {
 
 #[tokio::test]
 async fn an_unsolicited_pong_is_relayed_to_the_backend() {
-    let backend = FrameBackend::start().await;
-    let sb = Switchboard::start(&one_upstream(
-        &servers(backend.addr),
-        "[websocket]\nping_interval = \"1s\"",
-    ))
-    .await;
-    let mut ws = ws_connect(&sb.ws_url("/chat")).await;
+    let (backend, sb, mut ws) = through_frame_backend("[websocket]\nping_interval = \"1s\"").await;
     // Right after switchboard's Ping, while its own Pong is awaited, and again after it.
     assert!(matches!(next_message(&mut ws).await, Message::Ping(_)));
     ws.send(Message::Pong(Bytes::from_static(b"hello")))
@@ -622,14 +610,13 @@ async fn an_unsolicited_pong_is_relayed_to_the_backend() {
     sb.stop().await;
 }
 
-/// A backend behind `websocket.max_message_bytes = 1024`, and a client through it.
-async fn with_max_message_1024() -> (FrameBackend, Switchboard, Ws) {
+/// `max_message_bytes` small enough to test, and a short linger.
+const MAX_1024: &str = "[websocket]\nmax_message_bytes = 1024\n[drain]\nclose_linger = \"1s\"";
+
+/// A recording backend, switchboard in front of it with `extra` config, and a client.
+async fn through_frame_backend(extra: &str) -> (FrameBackend, Switchboard, Ws) {
     let backend = FrameBackend::start().await;
-    let sb = Switchboard::start(&one_upstream(
-        &servers(backend.addr),
-        "[websocket]\nmax_message_bytes = 1024\n[drain]\nclose_linger = \"1s\"",
-    ))
-    .await;
+    let sb = Switchboard::start(&one_upstream(&servers(backend.addr), extra)).await;
     let ws = ws_connect(&sb.ws_url("/chat")).await;
     (backend, sb, ws)
 }
@@ -644,7 +631,7 @@ async fn expect_1009_to_client_and_1001_to_backend(ws: &mut Ws, backend: &FrameB
 
 #[tokio::test]
 async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_backend() {
-    let (backend, sb, mut ws) = with_max_message_1024().await;
+    let (backend, sb, mut ws) = through_frame_backend(MAX_1024).await;
     let fits = vec![7u8; 1000];
     ws.send(Message::binary(fits.clone())).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::binary(fits));
@@ -663,7 +650,7 @@ async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_backen
 
 #[tokio::test]
 async fn a_fragmented_message_crossing_max_message_bytes_gets_1009() {
-    let (backend, sb, mut ws) = with_max_message_1024().await;
+    let (backend, sb, mut ws) = through_frame_backend(MAX_1024).await;
     let fragment = Bytes::from(vec![5u8; 400]);
     for (opcode, fin) in [
         (OpCode::Data(Data::Binary), false),
