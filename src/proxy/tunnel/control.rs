@@ -56,41 +56,30 @@ impl CloseRequest {
     }
 }
 
-/// A tunnel's mailbox for close requests: set from any thread, read by the tunnel's task.
+/// A tunnel's doorbell: a waker and a flag, set from any thread, seen by the tunnel's task.
+/// The request itself waits in the registry, so an idle tunnel carries 32 bytes for this.
 #[derive(Default)]
 pub struct Control {
     waker: AtomicWaker,
     pending: AtomicBool,
-    request: Mutex<Option<CloseRequest>>,
 }
 
 impl Control {
-    /// Delivers `request` (merged with one not yet taken) and wakes the tunnel.
-    pub fn request(&self, request: CloseRequest) {
-        {
-            let mut slot = self.request.lock().unwrap_or_else(|e| e.into_inner());
-            match slot.as_mut() {
-                Some(held) => held.merge(&request),
-                None => *slot = Some(request),
-            }
-        }
+    fn ring(&self) {
         self.pending.store(true, Ordering::Release);
         self.waker.wake();
     }
 
-    /// The request delivered since the last call, if any; otherwise registers for a wake-up.
-    pub fn poll_take(&self, cx: &mut Context<'_>) -> Option<CloseRequest> {
+    /// Whether the bell rang since the last call; otherwise registers for a wake-up.
+    fn poll_rung(&self, cx: &mut Context<'_>) -> bool {
         if !self.pending.load(Ordering::Acquire) {
             self.waker.register(cx.waker());
             if !self.pending.load(Ordering::Acquire) {
-                return None;
+                return false;
             }
         }
         self.pending.store(false, Ordering::Release);
-        self.request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        true
     }
 }
 
@@ -118,11 +107,13 @@ struct Entry {
 struct Inner {
     next_id: u64,
     tunnels: HashMap<u64, Entry>,
+    /// Requests not yet taken by their tunnel, merged (few, except while a shutdown spreads).
+    requests: HashMap<u64, CloseRequest>,
     /// Set once every tunnel is being closed: a tunnel that starts later is asked at once.
     closing_all: Option<CloseAll>,
 }
 
-/// Every live tunnel's [`Control`], for the process's life. Touched when a tunnel starts and
+/// Every live tunnel, for the process's life. Touched when a tunnel starts and
 /// ends and when an event closes many; never per message.
 #[derive(Default)]
 pub struct TunnelRegistry {
@@ -133,13 +124,25 @@ pub struct TunnelRegistry {
 pub struct Registration {
     registry: Arc<TunnelRegistry>,
     id: u64,
-    /// The tunnel's mailbox.
-    pub control: Arc<Control>,
+    control: Arc<Control>,
+}
+
+impl Registration {
+    /// The request delivered since the last call, if any; otherwise registers for a wake-up.
+    /// The registry's lock is taken only when there is one.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Option<CloseRequest> {
+        if !self.control.poll_rung(cx) {
+            return None;
+        }
+        self.registry.lock().requests.remove(&self.id)
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().tunnels.remove(&self.id);
+        let mut inner = self.registry.lock();
+        inner.tunnels.remove(&self.id);
+        inner.requests.remove(&self.id);
     }
 }
 
@@ -155,7 +158,9 @@ impl TunnelRegistry {
         let id = inner.next_id;
         inner.next_id += 1;
         if let Some(all) = inner.closing_all {
-            control.request(CloseRequest::now(all.reason, all.code, all.linger));
+            let request = CloseRequest::now(all.reason, all.code, all.linger);
+            inner.requests.insert(id, request);
+            control.ring();
         }
         inner.tunnels.insert(
             id,
@@ -187,33 +192,51 @@ impl TunnelRegistry {
     pub fn close_all(&self, all: CloseAll) {
         let now = Instant::now();
         let mut inner = self.lock();
+        let inner = &mut *inner;
         inner.closing_all = Some(all);
         let n = inner.tunnels.len().max(1) as f64;
-        for (i, entry) in inner.tunnels.values().enumerate() {
+        for (i, (id, entry)) in inner.tunnels.iter().enumerate() {
             let slot = (i as f64 + rand::random::<f64>()) / n;
             let start = now + all.spread.mul_f64(slot);
-            entry.control.request(CloseRequest {
+            let request = CloseRequest {
                 reason: all.reason,
                 to_client: Some(all.code),
                 to_backend: Some(all.code),
                 start,
                 deadline: start + all.linger,
-            });
+            };
+            deliver(&mut inner.requests, *id, request, &entry.control);
         }
     }
 
     /// Ends every tunnel now, politely or not (the shutdown grace period is over).
     pub fn cut_all(&self, reason: CloseReason) {
         let now = Instant::now();
-        let inner = self.lock();
-        for entry in inner.tunnels.values() {
-            entry.control.request(CloseRequest {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        for (id, entry) in &inner.tunnels {
+            let request = CloseRequest {
                 reason,
                 to_client: None,
                 to_backend: None,
                 start: now,
                 deadline: now,
-            });
+            };
+            deliver(&mut inner.requests, *id, request, &entry.control);
         }
     }
+}
+
+/// Leaves `request` for tunnel `id` (merged with one it has not taken yet) and wakes it.
+fn deliver(
+    requests: &mut HashMap<u64, CloseRequest>,
+    id: u64,
+    request: CloseRequest,
+    control: &Control,
+) {
+    requests
+        .entry(id)
+        .and_modify(|held| held.merge(&request))
+        .or_insert(request);
+    control.ring();
 }

@@ -241,7 +241,7 @@ impl Tunnel {
         let _active =
             GaugeGuard::new(&backend_state.metrics.tunnels_active[self.conn.protocol.index()]);
         let registration = shared.registry.register(backend_state.clone());
-        let end = splice.run(shared, &registration.control, started).await;
+        let end = splice.run(shared, &registration, started).await;
         drop(registration);
         splice.publish(shared);
 

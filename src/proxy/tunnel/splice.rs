@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::close::{Closing, GOING_AWAY};
-use super::control::{CloseRequest, Control};
+use super::control::{CloseRequest, Registration};
 use super::frames::{Extensions, Rules};
 use super::gate::Gate;
 use super::relay::{Direction, Flow};
@@ -90,7 +90,7 @@ where
     pub(super) async fn run(
         &mut self,
         shared: &TunnelShared,
-        control: &Control,
+        registration: &Registration,
         started: Instant,
     ) -> End {
         let settings = &shared.settings;
@@ -112,7 +112,7 @@ where
         tokio::pin!(timer);
         poll_fn(|cx| {
             let mut changed = false;
-            if let Some(request) = control.poll_take(cx) {
+            if let Some(request) = registration.poll_take(cx) {
                 self.request(request, &mut closing);
                 changed = true;
             }
