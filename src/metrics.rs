@@ -52,8 +52,20 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// Plain request latency to the response head.
     pub http_request_duration_seconds: HistogramVec,
-    /// 1 when the backend's last connect succeeded (passive health), else 0.
+    /// 1 when the backend is healthy (health checks, and its last connect), else 0.
     pub backend_up: IntGaugeVec,
+    /// 1 for the backend's current state (up, down, draining).
+    pub backend_state: IntGaugeVec,
+    /// Active health checks by result.
+    pub health_checks_total: IntCounterVec,
+    /// Config reloads by result.
+    pub config_reloads_total: IntCounterVec,
+    /// When the config was last loaded successfully, seconds since the epoch.
+    pub config_last_reload_success_timestamp_seconds: IntGauge,
+    /// Live tunnels on draining backends.
+    pub tunnels_draining: IntGaugeVec,
+    /// WebSocket upgrades refused before reaching a backend, by reason.
+    pub upgrades_rejected_total: IntCounterVec,
     /// Sticky-hash picks that had no key and fell back to least-conn.
     pub balancer_fallback_total: IntCounterVec,
     /// TLS handshakes by outcome and protocol version.
@@ -194,6 +206,51 @@ impl Metrics {
                 &["upstream", "backend"],
             )
             .expect("valid metric"),
+            backend_state: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_backend_state",
+                    "1 for the backend's current state: up, down (health checks or last connect failed) or draining.",
+                ),
+                &["upstream", "backend", "state"],
+            )
+            .expect("valid metric"),
+            health_checks_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_health_checks_total",
+                    "Active health checks by result: ok, failed, timeout.",
+                ),
+                &["upstream", "backend", "result"],
+            )
+            .expect("valid metric"),
+            config_reloads_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_config_reloads_total",
+                    "Config reloads (SIGHUP, POST /admin/reload) by result: ok, error (the running config stays).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            config_last_reload_success_timestamp_seconds: IntGauge::new(
+                "switchboard_config_last_reload_success_timestamp_seconds",
+                "When the running config was loaded (at start or by the last good reload), Unix time.",
+            )
+            .expect("valid metric"),
+            tunnels_draining: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_tunnels_draining",
+                    "Live tunnels on draining backends (drained by the admin API or removed by a reload).",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            upgrades_rejected_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_upgrades_rejected_total",
+                    "WebSocket upgrades refused before reaching a backend, by reason (no_backend, rate_limited).",
+                ),
+                &["upstream", "reason"],
+            )
+            .expect("valid metric"),
             balancer_fallback_total: IntCounterVec::new(
                 Opts::new(
                     "switchboard_balancer_fallback_total",
@@ -265,6 +322,12 @@ impl Metrics {
             Box::new(self.http_requests_total.clone()),
             Box::new(self.http_request_duration_seconds.clone()),
             Box::new(self.backend_up.clone()),
+            Box::new(self.backend_state.clone()),
+            Box::new(self.health_checks_total.clone()),
+            Box::new(self.config_reloads_total.clone()),
+            Box::new(self.config_last_reload_success_timestamp_seconds.clone()),
+            Box::new(self.tunnels_draining.clone()),
+            Box::new(self.upgrades_rejected_total.clone()),
             Box::new(self.balancer_fallback_total.clone()),
             Box::new(self.tls_handshakes_total.clone()),
             Box::new(self.tls_handshake_duration_seconds.clone()),
@@ -288,11 +351,17 @@ impl Metrics {
         }
     }
 
-    /// Handles for one backend, resolved once at startup. The backend starts as up.
+    /// Handles for one backend, resolved once when it joins. The backend starts as up.
     pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
         let up = self.backend_up.with_label_values(&[upstream, backend]);
         up.set(1);
+        let state = crate::balancer::BackendState::ALL.map(|s| {
+            self.backend_state
+                .with_label_values(&[upstream, backend, s.as_str()])
+        });
+        state[0].set(1);
         BackendMetrics {
+            state,
             tunnels_active: [
                 self.tunnels_active
                     .with_label_values(&[upstream, backend, "http1"]),
@@ -334,6 +403,8 @@ pub struct UpstreamMetrics {
 pub struct BackendMetrics {
     /// Live tunnels on this backend: `[http1, h2]` by the client's protocol.
     pub tunnels_active: [IntGauge; 2],
-    /// Passive health.
+    /// Healthy (1) or not.
     pub up: IntGauge,
+    /// `switchboard_backend_state`, one gauge per state in [`crate::balancer::BackendState::ALL`] order.
+    pub state: [IntGauge; 3],
 }

@@ -13,7 +13,7 @@ mod sticky_hash;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, HashKeySpec, Upstream};
@@ -37,14 +37,107 @@ pub struct Backend {
     live: AtomicUsize,
     /// Milliseconds since the balancer's epoch of the last connect failure, 0 when healthy.
     failed_at_ms: AtomicU64,
+    /// What the active health checks last concluded ([`Health`] as a number).
+    health: AtomicU8,
+    /// Taking no new connections: drained by the admin API, or removed by a reload.
+    draining: AtomicBool,
     /// Metric handles for this backend.
     pub metrics: BackendMetrics,
+}
+
+/// What the active health checks say of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not checked (passive health only), or no verdict yet: selectable.
+    Unknown = 0,
+    /// `rise` checks in a row passed.
+    Up = 1,
+    /// `fall` checks in a row failed: skipped by every strategy.
+    Down = 2,
+}
+
+/// The state an operator sees (`switchboard_backend_state`, `/admin/upstreams`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// Takes connections.
+    Up,
+    /// Failed its health checks (or, without them, its last connect).
+    Down,
+    /// Takes no new connections; its tunnels are being drained.
+    Draining,
+}
+
+impl BackendState {
+    /// The label value and the JSON string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Draining => "draining",
+        }
+    }
+
+    /// Every state, in label order.
+    pub const ALL: [BackendState; 3] =
+        [BackendState::Up, BackendState::Down, BackendState::Draining];
 }
 
 impl Backend {
     /// Live tunnels plus in-flight requests now.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// The active health checks' verdict.
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Records a health-check verdict and publishes the state.
+    pub fn set_health(&self, health: Health) {
+        self.health.store(health as u8, Ordering::Relaxed);
+        self.publish_state();
+    }
+
+    /// Whether the backend is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or ends draining; true if that changed anything.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        let changed = self.draining.swap(draining, Ordering::Relaxed) != draining;
+        self.publish_state();
+        changed
+    }
+
+    /// Healthy as far as checks and the last connect know.
+    pub fn is_healthy(&self) -> bool {
+        self.health() != Health::Down && self.failed_at_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// Up, down or draining.
+    pub fn state(&self) -> BackendState {
+        if self.is_draining() {
+            BackendState::Draining
+        } else if self.is_healthy() {
+            BackendState::Up
+        } else {
+            BackendState::Down
+        }
+    }
+
+    /// Sets `switchboard_backend_up` and `switchboard_backend_state` from the current state.
+    pub fn publish_state(&self) {
+        let state = self.state();
+        self.metrics.up.set(i64::from(self.is_healthy()));
+        for (gauge, s) in self.metrics.state.iter().zip(BackendState::ALL) {
+            gauge.set(i64::from(s == state));
+        }
     }
 }
 
@@ -150,6 +243,8 @@ impl Balancer {
                     id_hash: hash::hash_bytes(s.name.as_bytes()),
                     live: AtomicUsize::new(0),
                     failed_at_ms: AtomicU64::new(0),
+                    health: AtomicU8::new(Health::Unknown as u8),
+                    draining: AtomicBool::new(false),
                     metrics: metrics.backend(&upstream.name, &s.name),
                 })
             })
@@ -190,20 +285,26 @@ impl Balancer {
         tried.len() < self.max_attempts
     }
 
-    /// Picks a backend not yet tried. Healthy backends first; if every untried one is marked
-    /// down, they are tried anyway (a fast refusal beats a guess). `key` is the request's hash
+    /// Picks a backend not yet tried, never a draining one nor one the health checks took
+    /// down. Backends whose last connect worked first; if every untried one failed recently,
+    /// they are tried anyway (a fast refusal beats a guess). `key` is the request's hash
     /// key (sticky-hash); `None` makes sticky-hash fall back to least-conn.
     pub fn pick(&self, key: Option<u64>, tried: &mut Tried) -> Option<Pick> {
         if tried.len() >= self.max_attempts.max(1) {
             return None;
         }
         let now = std::cell::OnceCell::new();
+        // Draining backends and those the health checks took down are never picked.
+        let selectable = |i: usize| {
+            let backend = &self.backends[i];
+            !tried.contains(i) && !backend.is_draining() && backend.health() != Health::Down
+        };
         let healthy = |i: usize| {
-            !tried.contains(i) && self.is_available(i, || *now.get_or_init(|| self.now_ms()))
+            selectable(i) && self.is_available(i, || *now.get_or_init(|| self.now_ms()))
         };
         let index = self
             .choose(key, &healthy)
-            .or_else(|| self.choose(key, &|i| !tried.contains(i)))?;
+            .or_else(|| self.choose(key, &selectable))?;
         tried.push(index);
         Some(Pick {
             lease: Lease::new(self.backends[index].clone()),
@@ -229,7 +330,7 @@ impl Balancer {
         backend
             .failed_at_ms
             .store(self.now_ms().max(1), Ordering::Relaxed);
-        backend.metrics.up.set(0);
+        backend.publish_state();
     }
 
     /// Records a successful connect.
@@ -237,8 +338,8 @@ impl Balancer {
         let backend = &self.backends[index];
         if backend.failed_at_ms.load(Ordering::Relaxed) != 0 {
             backend.failed_at_ms.store(0, Ordering::Relaxed);
+            backend.publish_state();
         }
-        backend.metrics.up.set(1);
     }
 
     /// Healthy, or failed long enough ago to be tried again. The clock is read only when a
@@ -272,6 +373,11 @@ mod tests {
             hash_key: (balance == Balance::StickyHash).then_some(HashKeySpec::Ip),
             load_factor: None,
             tls: None,
+            slow_start: Duration::ZERO,
+            upgrade_pacing: None,
+            rebalance_skew: None,
+            rebalance_rate: 10.0,
+            health_check: None,
             servers: weights
                 .iter()
                 .enumerate()

@@ -22,8 +22,10 @@ pub use duration::parse_duration;
 pub struct Config {
     /// Client-facing listener address.
     pub listen: SocketAddr,
-    /// The admin listener (metrics, health), if configured.
+    /// The admin listener (metrics, health, `/admin/*`), if configured.
     pub admin: Option<SocketAddr>,
+    /// The bearer token every `/admin/*` endpoint then requires (read from `admin.token_file`).
+    pub admin_token: Option<String>,
     /// Front-end protection limits.
     pub limits: Limits,
     /// Timeouts for each phase of the data path.
@@ -206,6 +208,48 @@ pub struct Upstream {
     pub tls: Option<BackendTls>,
     /// Backends in file order.
     pub servers: Vec<Server>,
+    /// A backend that joins or comes back ramps its share from 10 % to 100 % over this.
+    pub slow_start: Duration,
+    /// Per-backend token bucket on new WebSocket upgrades: (rate per second, burst).
+    pub upgrade_pacing: Option<(f64, u32)>,
+    /// least-conn / round-robin: close the excess of a backend above ceil(skew × mean).
+    pub rebalance_skew: Option<f64>,
+    /// Polite closes per second per upstream while rebalancing.
+    pub rebalance_rate: f64,
+    /// Active health checks; `None`: passive health only.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `[upstream.NAME.health_check]`: how each backend is probed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// What a probe does.
+    pub kind: HealthCheckKind,
+    /// Request path for `http` and `websocket` probes.
+    pub path: String,
+    /// `Host` header of the probe; `None`: the server address.
+    pub host: Option<String>,
+    /// `http` only: the status that counts as up; `None`: any 2xx.
+    pub expect_status: Option<u16>,
+    /// Time between probes of one backend.
+    pub interval: Duration,
+    /// A probe that takes longer has failed.
+    pub timeout: Duration,
+    /// Consecutive successes that make a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that make an up backend down.
+    pub fall: u32,
+}
+
+/// The kinds of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path`, then the status.
+    Http,
+    /// A real WebSocket upgrade (101 with the right `Sec-WebSocket-Accept`), then Close 1000.
+    WebSocket,
 }
 
 /// The balancing strategies.

@@ -218,6 +218,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
     Ok(Config {
         listen,
         admin,
+        admin_token: None,
         limits,
         timeouts,
         drain,

@@ -120,6 +120,12 @@ pub(super) fn upstream(
         load_factor,
         tls,
         servers,
+        // Parsed in a later step (`[upstream.NAME]` keys of issue "Change without disconnects").
+        slow_start: std::time::Duration::ZERO,
+        upgrade_pacing: None,
+        rebalance_skew: None,
+        rebalance_rate: 10.0,
+        health_check: None,
     })
 }
 
