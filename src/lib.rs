@@ -10,10 +10,12 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
@@ -29,6 +31,7 @@ use tokio_util::task::TaskTracker;
 pub use config::Config;
 use metrics::Metrics;
 use proxy::{ConnectionGuard, Proxy};
+use reload::Reloader;
 pub use shutdown::Shutdown;
 use tls::server::TlsTerminator;
 
@@ -84,19 +87,21 @@ pub async fn run(
     shutdown: Shutdown,
     metrics: Metrics,
 ) -> Result<(), RunError> {
-    let proxy = Arc::new(Proxy::new(&config, metrics.clone(), shutdown.clone()));
-    let limits = Arc::new(config.limits.clone());
+    let proxy = Arc::new(Proxy::new(config.clone(), metrics.clone(), shutdown.clone()));
     let terminator = match (&config.tls, &listeners.tls) {
-        (Some(tls), Some(_)) => {
-            let terminator = Arc::new(TlsTerminator::new(tls, metrics.clone())?);
-            tokio::spawn(terminator.clone().watch(tls.clone(), shutdown.clone()));
-            Some(terminator)
-        }
+        (Some(tls), Some(_)) => Some(Arc::new(TlsTerminator::new(tls, metrics.clone())?)),
         (None, Some(_)) => return Err(RunError::TlsWithoutConfig),
         _ => None,
     };
+    metrics
+        .config_last_reload_success_timestamp_seconds
+        .set(reload::unix_now());
+    let reloader = Reloader::start(proxy.clone(), terminator.clone(), config.path.clone());
+    if config.path.is_some() {
+        reload::watch_sighup(reloader.clone(), shutdown.clone());
+    }
     if let Some(admin) = listeners.admin {
-        tokio::spawn(admin::serve(admin, metrics.clone(), shutdown.clone()));
+        tokio::spawn(admin::serve(admin, proxy.clone(), reloader.clone()));
     }
 
     // One connection limit across all listeners.
@@ -105,7 +110,7 @@ pub async fn run(
     let mut accepting = Vec::new();
     for (listener, tls) in [(listeners.plain, None), (listeners.tls, terminator)] {
         let Some(listener) = listener else { continue };
-        let (proxy, limits, metrics) = (proxy.clone(), limits.clone(), metrics.clone());
+        let (proxy, metrics) = (proxy.clone(), metrics.clone());
         accepting.push(tokio::spawn(listener::accept_loop(
             listener,
             slots.clone(),
@@ -114,9 +119,11 @@ pub async fn run(
             connections.clone(),
             move |stream, peer, permit| {
                 let guard = ConnectionGuard::new(permit, metrics.connections_active.clone());
+                // Limits as configured now: a reload applies them to new connections.
+                let limits = proxy.snapshot().config.limits.clone();
                 server::serve_connection(
                     proxy.clone(),
-                    limits.clone(),
+                    limits,
                     stream,
                     peer,
                     guard,

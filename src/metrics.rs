@@ -372,6 +372,37 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a backend that left the config.
+    pub fn remove_backend(&self, upstream: &str, backend: &str) {
+        let _ = self.backend_up.remove_label_values(&[upstream, backend]);
+        for state in crate::balancer::BackendState::ALL {
+            let _ = self
+                .backend_state
+                .remove_label_values(&[upstream, backend, state.as_str()]);
+        }
+        for protocol in ["http1", "h2"] {
+            let _ = self
+                .tunnels_active
+                .remove_label_values(&[upstream, backend, protocol]);
+            for outcome in [
+                "upgraded",
+                "rejected",
+                "connect_error",
+                "timeout",
+                "bad_response",
+            ] {
+                let _ = self
+                    .upgrades_total
+                    .remove_label_values(&[upstream, backend, outcome, protocol]);
+            }
+        }
+        for result in ["ok", "failed", "timeout"] {
+            let _ = self
+                .health_checks_total
+                .remove_label_values(&[upstream, backend, result]);
+        }
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let families = self.registry.gather();

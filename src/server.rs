@@ -29,7 +29,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Serves one accepted connection until the client closes, it upgrades, or shutdown.
 pub async fn serve_connection(
     proxy: Arc<Proxy>,
-    limits: Arc<Limits>,
+    limits: Limits,
     stream: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
@@ -124,7 +124,7 @@ macro_rules! drive {
     }};
 }
 
-async fn serve_http<I>(proxy: Arc<Proxy>, limits: Arc<Limits>, io: I, conn: ConnInfo)
+async fn serve_http<I>(proxy: Arc<Proxy>, limits: Limits, io: I, conn: ConnInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

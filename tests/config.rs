@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::tls::{TempDir, TestCa};
 
-use switchboard::config::{ConfigError, from_toml_str};
+use switchboard::config::{ConfigError, HealthCheck, HealthCheckKind, from_toml_str};
 
 fn error_of(text: &str) -> ConfigError {
     from_toml_str(text, "bad.toml").expect_err("config should be rejected")
@@ -409,4 +409,164 @@ fn check_command_exits_0_or_1() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("chat.example.com/ws -> chat"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pacing_rebalancing_and_health_check_defaults() {
+    let c = from_toml_str(&minimal_with(""), "t").unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.slow_start, Duration::ZERO);
+    assert_eq!(u.upgrade_pacing, None);
+    assert_eq!(u.rebalance_skew, None);
+    assert_eq!(u.rebalance_rate, 10.0);
+    assert_eq!(u.health_check, None);
+    assert_eq!(c.admin_token, None);
+
+    let c = from_toml_str(&minimal_with("[upstream.app.health_check]\nkind = \"http\"\n"), "t");
+    let check = c.unwrap().upstreams[0].health_check.clone().unwrap();
+    assert_eq!(
+        check,
+        HealthCheck {
+            kind: HealthCheckKind::Http,
+            path: "/".into(),
+            host: None,
+            expect_status: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+        }
+    );
+}
+
+#[test]
+fn pacing_rebalancing_and_health_check_values() {
+    let upstream = |extra: &str| {
+        from_toml_str(&minimal_with(extra), "t")
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+            .upstreams
+            .remove(0)
+    };
+    let u = upstream(concat!(
+        "slow_start = \"30s\"\nmax_upgrades_per_second = 200\nupgrade_burst = 50\n",
+        "rebalance_skew = 1.5\nrebalance_rate = 0.5\n",
+        "[upstream.app.health_check]\nkind = \"websocket\"\npath = \"/healthz\"\n",
+        "host = \"chat.internal\"\ninterval = \"2s\"\ntimeout = \"1s\"\nrise = 1\nfall = 100\n",
+    ));
+    assert_eq!(u.slow_start, Duration::from_secs(30));
+    assert_eq!(u.upgrade_pacing, Some((200.0, 50)));
+    assert_eq!(u.rebalance_skew, Some(1.5));
+    assert_eq!(u.rebalance_rate, 0.5);
+    let check = u.health_check.unwrap();
+    assert_eq!(check.kind, HealthCheckKind::WebSocket);
+    assert_eq!(
+        (check.path.as_str(), check.host.as_deref()),
+        ("/healthz", Some("chat.internal"))
+    );
+    assert_eq!(
+        (check.interval, check.timeout),
+        (Duration::from_secs(2), Duration::from_secs(1))
+    );
+    assert_eq!((check.rise, check.fall), (1, 100));
+
+    // The burst defaults to one second's worth, rounded up, and at least 1; integers and floats
+    // are both numbers; "0s" turns slow start off.
+    for (rate, pacing) in [
+        ("200", (200.0, 200)),
+        ("2.5", (2.5, 3)),
+        ("0.25", (0.25, 1)),
+    ] {
+        let u = upstream(&format!("max_upgrades_per_second = {rate}\n"));
+        assert_eq!(u.upgrade_pacing, Some(pacing), "{rate}");
+    }
+    let u = upstream("balance = \"round-robin\"\nslow_start = \"0s\"\nrebalance_skew = 2\nrebalance_rate = 10\n");
+    assert_eq!(u.slow_start, Duration::ZERO);
+    assert_eq!((u.rebalance_skew, u.rebalance_rate), (Some(2.0), 10.0));
+    let u = upstream("[upstream.app.health_check]\nkind = \"http\"\nexpect_status = 204\n");
+    assert_eq!(u.health_check.unwrap().expect_status, Some(204));
+    let u = upstream("[upstream.app.health_check]\nkind = \"tcp\"\n");
+    assert_eq!(u.health_check.unwrap().kind, HealthCheckKind::Tcp);
+}
+
+#[test]
+fn bad_pacing_rebalancing_and_health_check_values() {
+    const HC: &str = "[upstream.app.health_check]\n";
+    let hc = |rest: &str| format!("{HC}kind = \"http\"\n{rest}");
+    for (extra, line, key, says) in [
+        ("slow_start = \"30\"\n".to_owned(), 6, "upstream.app.slow_start", "no unit"),
+        ("max_upgrades_per_second = 0\n".into(), 6, "upstream.app.max_upgrades_per_second", "above zero"),
+        ("max_upgrades_per_second = -1.5\n".into(), 6, "upstream.app.max_upgrades_per_second", "above zero"),
+        ("max_upgrades_per_second = \"200\"\n".into(), 6, "upstream.app.max_upgrades_per_second", "expected a number such as 200, found string"),
+        ("max_upgrades_per_second = inf\n".into(), 6, "upstream.app.max_upgrades_per_second", "finite number"),
+        ("upgrade_burst = 5\n".into(), 6, "upstream.app.upgrade_burst", "needs max_upgrades_per_second"),
+        ("max_upgrades_per_second = 5\nupgrade_burst = 0\n".into(), 7, "upstream.app.upgrade_burst", "out of range"),
+        ("rebalance_skew = 1.0\n".into(), 6, "upstream.app.rebalance_skew", "above 1.0"),
+        ("rebalance_skew = 1\n".into(), 6, "upstream.app.rebalance_skew", "above 1.0"),
+        ("rebalance_skew = \"1.5\"\n".into(), 6, "upstream.app.rebalance_skew", "expected a number such as 1.5"),
+        ("balance = \"sticky-hash\"\nhash_key = \"ip\"\nrebalance_skew = 1.5\n".into(), 8, "upstream.app.rebalance_skew", "affinity wins: rebalancing would move sticky keys"),
+        ("rebalance_rate = 0\n".into(), 6, "upstream.app.rebalance_rate", "above zero"),
+        ("rebalance_rate = \"fast\"\n".into(), 6, "upstream.app.rebalance_rate", "expected a number such as 10"),
+        (format!("{HC}path = \"/\"\n"), 6, "upstream.app.health_check.kind", "needs a kind"),
+        (format!("{HC}kind = \"udp\"\n"), 7, "upstream.app.health_check.kind", "unknown health check kind `udp`"),
+        (hc("path = \"healthz\"\n"), 8, "upstream.app.health_check.path", "starts with `/`"),
+        (hc("path = \"/a b\"\n"), 8, "upstream.app.health_check.path", "not a request path"),
+        (format!("{HC}kind = \"tcp\"\npath = \"/\"\n"), 8, "upstream.app.health_check.path", "tcp check sends no request"),
+        (hc("host = \"a b\"\n"), 8, "upstream.app.health_check.host", "not a Host header value"),
+        (hc("expect_status = 99\n"), 8, "upstream.app.health_check.expect_status", "100 to 599"),
+        (hc("expect_status = 600\n"), 8, "upstream.app.health_check.expect_status", "100 to 599"),
+        (format!("{HC}kind = \"websocket\"\nexpect_status = 200\n"), 8, "upstream.app.health_check.expect_status", "only applies to kind = \"http\""),
+        (format!("{HC}kind = \"tcp\"\nexpect_status = 200\n"), 8, "upstream.app.health_check.expect_status", "only applies to kind = \"http\""),
+        (hc("interval = \"2s\"\ntimeout = \"2s\"\n"), 9, "upstream.app.health_check.timeout", "shorter than the interval"),
+        (hc("interval = \"1s\"\n"), 8, "upstream.app.health_check.interval", "timeout (2s, the default) must be shorter than the interval (1s)"),
+        (hc("interval = \"0s\"\n"), 8, "upstream.app.health_check.interval", "longer than zero"),
+        (hc("timeout = \"fast\"\n"), 8, "upstream.app.health_check.timeout", "fast"),
+        (hc("rise = 0\n"), 8, "upstream.app.health_check.rise", "use 1 to 100"),
+        (hc("fall = 101\n"), 8, "upstream.app.health_check.fall", "use 1 to 100"),
+        (hc("falls = 3\n"), 8, "falls", "unknown field"),
+    ] {
+        let e = error_of(&minimal_with(&extra));
+        let text = e.to_string();
+        assert_eq!(e.line, Some(line), "{extra}: {text}");
+        assert!(text.starts_with(&format!("bad.toml:{line}:")), "{extra}: {text}");
+        if key.contains('.') {
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {text}");
+        }
+        assert!(text.contains(key), "{extra}: {text}");
+        assert!(text.contains(says), "{extra}: {text}");
+    }
+}
+
+#[test]
+fn admin_token_file_is_read_and_checked() {
+    let dir = TempDir::new("admin-token");
+    let config = |file: &std::path::Path| {
+        format!(
+            "listen = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:2\"\ntoken_file = \"{}\"\n{ROUTE}[upstream.app]\nservers = [\"127.0.0.1:2\"]\n",
+            file.display()
+        )
+    };
+    let file = dir.path("token");
+    std::fs::write(&file, "  s3cret-token\n").unwrap();
+    let c = from_toml_str(&config(&file), "t").unwrap();
+    assert_eq!(c.admin_token.as_deref(), Some("s3cret-token"));
+
+    for (contents, says) in [
+        ("", "is empty"),
+        (" \n\t\n", "is empty"),
+        ("two words\n", "spaces, line breaks"),
+    ] {
+        std::fs::write(&file, contents).unwrap();
+        let e = error_of(&config(&file));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("admin.token_file")),
+            "{e}"
+        );
+        assert!(e.to_string().contains(says), "{contents:?}: {e}");
+    }
+    let missing = dir.path("missing");
+    let e = error_of(&config(&missing));
+    assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("admin.token_file")));
+    let reason = std::fs::read(&missing).unwrap_err().to_string();
+    assert!(e.to_string().contains(&reason), "{e}");
 }

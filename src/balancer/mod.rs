@@ -8,15 +8,17 @@
 pub mod hash;
 pub mod key;
 mod least_conn;
+pub mod registry;
 mod round_robin;
 mod sticky_hash;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::config::{Balance, HashKeySpec, Upstream};
+use crate::config::{Balance, HashKeySpec, Server, Upstream};
 use crate::metrics::{BackendMetrics, Metrics, UpstreamMetrics};
 
 pub use least_conn::LeastConn;
@@ -29,8 +31,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// The address as configured: its identity in hashing, metrics and logs.
     pub name: String,
-    /// Relative share, 1..=256.
-    pub weight: u32,
+    /// Relative share, 1..=256 (a reload may change it; the backend and its counts stay).
+    weight: AtomicU32,
     /// Hash of `name`, fixed for the backend's life; rendezvous hashing mixes it with the key.
     id_hash: u64,
     /// Live tunnels plus in-flight requests; only [`Lease`] changes it.
@@ -41,6 +43,8 @@ pub struct Backend {
     health: AtomicU8,
     /// Taking no new connections: drained by the admin API, or removed by a reload.
     draining: AtomicBool,
+    /// Counts drains, so a drain timer knows whether its drain is still the current one.
+    drain_epoch: AtomicU32,
     /// Metric handles for this backend.
     pub metrics: BackendMetrics,
 }
@@ -83,6 +87,32 @@ impl BackendState {
 }
 
 impl Backend {
+    /// A backend of `upstream`, with its metric series.
+    pub fn new(upstream: &str, server: &Server, metrics: &Metrics) -> Arc<Backend> {
+        Arc::new(Backend {
+            addr: server.addr,
+            name: server.name.clone(),
+            weight: AtomicU32::new(server.weight),
+            id_hash: hash::hash_bytes(server.name.as_bytes()),
+            live: AtomicUsize::new(0),
+            failed_at_ms: AtomicU64::new(0),
+            health: AtomicU8::new(Health::Unknown as u8),
+            draining: AtomicBool::new(false),
+            drain_epoch: AtomicU32::new(0),
+            metrics: metrics.backend(upstream, &server.name),
+        })
+    }
+
+    /// Relative share, 1..=256.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Takes the weight of a reloaded config.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
     /// Live tunnels plus in-flight requests now.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
@@ -111,8 +141,21 @@ impl Backend {
     /// Starts or ends draining; true if that changed anything.
     pub fn set_draining(&self, draining: bool) -> bool {
         let changed = self.draining.swap(draining, Ordering::Relaxed) != draining;
+        if changed && draining {
+            self.drain_epoch.fetch_add(1, Ordering::Relaxed);
+        }
         self.publish_state();
         changed
+    }
+
+    /// Which drain this is (changes each time draining starts).
+    pub fn drain_epoch(&self) -> u32 {
+        self.drain_epoch.load(Ordering::Relaxed)
+    }
+
+    /// Live tunnels on this backend (without in-flight plain requests).
+    pub fn tunnels(&self) -> i64 {
+        self.metrics.tunnels_active.iter().map(|g| g.get()).sum()
     }
 
     /// Healthy as far as checks and the last connect know.
@@ -216,7 +259,6 @@ pub struct Balancer {
     max_attempts: usize,
     /// A backend that failed to connect is skipped for this long.
     retry_after_ms: u64,
-    epoch: Instant,
     /// Metric handles for this upstream.
     pub metrics: UpstreamMetrics,
 }
@@ -230,26 +272,25 @@ pub struct Pick {
 }
 
 impl Balancer {
-    /// Builds the balancer of `upstream`, registering its metrics.
+    /// Builds the balancer of `upstream` with fresh backends (tests and benches).
     pub fn new(upstream: &Upstream, retry_after: Duration, metrics: &Metrics) -> Self {
-        let backends: Vec<Arc<Backend>> = upstream
+        let backends = upstream
             .servers
             .iter()
-            .map(|s| {
-                Arc::new(Backend {
-                    addr: s.addr,
-                    name: s.name.clone(),
-                    weight: s.weight,
-                    id_hash: hash::hash_bytes(s.name.as_bytes()),
-                    live: AtomicUsize::new(0),
-                    failed_at_ms: AtomicU64::new(0),
-                    health: AtomicU8::new(Health::Unknown as u8),
-                    draining: AtomicBool::new(false),
-                    metrics: metrics.backend(&upstream.name, &s.name),
-                })
-            })
+            .map(|s| Backend::new(&upstream.name, s, metrics))
             .collect();
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        Self::with_backends(upstream, backends, retry_after, metrics)
+    }
+
+    /// Builds the balancer of `upstream` over `backends` (one per server, in config order),
+    /// which may be carried over from the previous config so their counts stay true.
+    pub fn with_backends(
+        upstream: &Upstream,
+        backends: Vec<Arc<Backend>>,
+        retry_after: Duration,
+        metrics: &Metrics,
+    ) -> Self {
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
         let strategy = match upstream.balance {
             Balance::LeastConn => Strategy::LeastConn(LeastConn::new()),
             Balance::StickyHash => {
@@ -265,7 +306,6 @@ impl Balancer {
             fallback: LeastConn::new(),
             key: upstream.hash_key.clone(),
             retry_after_ms: retry_after.as_millis() as u64,
-            epoch: Instant::now(),
             metrics: metrics.upstream(&upstream.name),
         }
     }
@@ -350,14 +390,21 @@ impl Balancer {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
+        now_ms()
     }
+}
+
+/// Milliseconds on the process-wide clock (never 0), so that passive-failure times mean the same
+/// in every balancer a reload builds.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Compares `a.live / a.weight` with `b.live / b.weight` without division.
 fn load_less(a: &Backend, b: &Backend) -> std::cmp::Ordering {
-    let la = a.live() as u64 * b.weight as u64;
-    let lb = b.live() as u64 * a.weight as u64;
+    let la = a.live() as u64 * b.weight() as u64;
+    let lb = b.live() as u64 * a.weight() as u64;
     la.cmp(&lb)
 }
 

@@ -49,11 +49,11 @@ impl StickyHash {
         let uniform = self.uniform;
         if let Some(factor) = self.load_factor {
             let live: usize = backends.iter().map(|b| b.live()).sum();
-            let total_weight: u64 = backends.iter().map(|b| b.weight as u64).sum();
+            let total_weight: u64 = backends.iter().map(|b| b.weight() as u64).sum();
             let demand = factor * (live + 1) as f64 / total_weight as f64;
             let under_bound = |i: usize| {
                 eligible(i)
-                    && (backends[i].live() as f64) < (demand * backends[i].weight as f64).ceil()
+                    && (backends[i].live() as f64) < (demand * backends[i].weight() as f64).ceil()
             };
             if let Some(i) = best(backends, key, uniform, &under_bound) {
                 return Some(i);
@@ -80,7 +80,7 @@ fn best(
         let score = if uniform {
             0.0
         } else {
-            weighted_score(h, backend.weight)
+            weighted_score(h, backend.weight())
         };
         let wins = match winner {
             None => true,

@@ -20,6 +20,9 @@ pub use duration::parse_duration;
 /// A validated configuration. Built once; shared read-only.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file the config was read from (`None` for text given directly); a reload reads it
+    /// again.
+    pub path: Option<PathBuf>,
     /// Client-facing listener address.
     pub listen: SocketAddr,
     /// The admin listener (metrics, health, `/admin/*`), if configured.
@@ -332,7 +335,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         message: format!("cannot read the file: {e}"),
         hint: Some("pass an existing file with --config FILE".into()),
     })?;
-    from_toml_str(&src, &origin)
+    let mut config = from_toml_str(&src, &origin)?;
+    config.path = Some(path.to_owned());
+    Ok(config)
 }
 
 /// Parses and validates config text; `origin` names it in errors. No file IO, so tests and the

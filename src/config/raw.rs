@@ -30,11 +30,12 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
 }
 
-/// `[admin]`: the metrics and health listener.
+/// `[admin]`: the metrics and health listener, and the file holding the `/admin/*` token.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+    pub token_file: Option<Spanned<String>>,
 }
 
 /// `[limits]`: protection of the front end.
@@ -127,7 +128,8 @@ pub struct RawRoute {
     pub upstream: Spanned<String>,
 }
 
-/// One `[upstream.NAME]`.
+/// One `[upstream.NAME]`. The rates and the skew may be written as integers or floats, so they
+/// stay `toml::Value`s and are checked by hand for a clear message.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
@@ -136,6 +138,27 @@ pub struct RawUpstream {
     pub load_factor: Option<Spanned<f64>>,
     pub tls: Option<Spanned<RawBackendTls>>,
     pub servers: Spanned<Vec<Spanned<RawServer>>>,
+    pub slow_start: Option<Spanned<String>>,
+    pub max_upgrades_per_second: Option<Spanned<toml::Value>>,
+    pub upgrade_burst: Option<Spanned<i64>>,
+    pub rebalance_skew: Option<Spanned<toml::Value>>,
+    pub rebalance_rate: Option<Spanned<toml::Value>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+/// `[upstream.NAME.health_check]`: active probes of each backend. `kind` is optional here so
+/// that its absence gets an error with the key and a hint rather than serde's message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub kind: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
 }
 
 /// A server is either `"host:port"` or `{ addr = "host:port", weight = N }`.

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{ClientProtocol, Proxy};
+use super::{ClientProtocol, Snapshot};
 use crate::balancer::{Balancer, Pick, Tried};
 use crate::error::ProxyError;
 
@@ -65,18 +65,18 @@ impl AsyncWrite for BackendStream {
 /// Connects to the key's backend, or to the next ones while connects (or backend TLS
 /// handshakes) fail and attempts remain. Each failure is counted and logged with its cause.
 pub async fn connect(
-    proxy: &Proxy,
+    snap: &Snapshot,
     upstream: usize,
     key: Option<u64>,
     protocol: ClientProtocol,
 ) -> Result<(BackendStream, Pick), ProxyError> {
-    let balancer: &Balancer = &proxy.balancers[upstream];
-    let tls = proxy.upstream_tls[upstream].as_ref();
+    let balancer: &Balancer = &snap.balancers[upstream];
+    let tls = snap.upstream_tls[upstream].as_ref();
     let mut tried = Tried::default();
     loop {
-        let pick = proxy.pick(upstream, key, &mut tried)?;
+        let pick = snap.pick(upstream, key, &mut tried)?;
         let backend = pick.lease.backend().clone();
-        let attempt = tokio::time::timeout(proxy.timeouts.connect, async {
+        let attempt = tokio::time::timeout(snap.timeouts.connect, async {
             let stream = TcpStream::connect(backend.addr).await?;
             // Small WebSocket frames must not wait for Nagle.
             stream.set_nodelay(true)?;
@@ -98,7 +98,7 @@ pub async fn connect(
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         balancer.report_failure(pick.index);
-        proxy.count_upgrade(upstream, &backend, "connect_error", protocol);
+        snap.count_upgrade(upstream, &backend, "connect_error", protocol);
         tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
         if !balancer.may_retry(&tried) {
             return Err(ProxyError::Connect {

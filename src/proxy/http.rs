@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{RequestBody, ResponseBody};
 use super::headers;
-use super::{ConnInfo, Proxy};
+use super::{ConnInfo, Snapshot};
 use crate::balancer::{Tried, key::key_hash};
 use crate::config::{Timeouts, Upstream};
 use crate::error::ProxyError;
@@ -63,12 +63,12 @@ pub fn backend_client(
 /// Forwards one plain request to `upstream` and returns the backend's response head; the body
 /// streams afterwards.
 pub async fn forward(
-    proxy: &Proxy,
+    snap: &Snapshot,
     upstream: usize,
     req: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let balancer = &proxy.balancers[upstream];
+    let balancer = &snap.balancers[upstream];
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let key = balancer
@@ -88,7 +88,7 @@ pub async fn forward(
     {
         parts.headers.insert(header::HOST, value);
     }
-    let scheme = if proxy.upstream_tls[upstream].is_some() {
+    let scheme = if snap.upstream_tls[upstream].is_some() {
         "https"
     } else {
         "http"
@@ -103,7 +103,7 @@ pub async fn forward(
     let mut tried = Tried::default();
 
     loop {
-        let pick = proxy.pick(upstream, key, &mut tried)?;
+        let pick = snap.pick(upstream, key, &mut tried)?;
         let backend = pick.lease.backend().clone();
         let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
             .parse()
@@ -122,15 +122,15 @@ pub async fn forward(
         };
 
         let sent = tokio::time::timeout(
-            proxy.timeouts.request,
-            proxy.clients[upstream].request(request),
+            snap.timeouts.request,
+            snap.clients[upstream].request(request),
         )
         .await;
         match sent {
             Err(_elapsed) => {
                 return Err(ProxyError::Timeout {
                     backend: backend.name.clone(),
-                    timeout: proxy.timeouts.request,
+                    timeout: snap.timeouts.request,
                 });
             }
             Ok(Err(e)) if e.is_connect() => {

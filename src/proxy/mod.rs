@@ -7,38 +7,35 @@ pub mod handshake;
 pub mod headers;
 pub mod http;
 pub mod router;
+pub mod snapshot;
 pub mod tunnel;
 pub mod websocket;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ::http::{Method, Request, Response, header};
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
-use crate::balancer::{Backend, Balancer, Pick, Tried};
-use crate::config::{Config, Timeouts};
+use crate::balancer::Backend;
+use crate::balancer::registry::BackendRegistry;
+use crate::config::Config;
 use crate::error::{Blame, ProxyError};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use body::ResponseBody;
-use router::Router;
+pub use snapshot::Snapshot;
 
-/// Everything the request path reads, built once from a config and shared by all connections.
+/// Process state: what lives as long as the process, whatever the config. Everything that
+/// comes from the config is one immutable [`Snapshot`] behind an [`ArcSwap`], loaded once per
+/// request; a reload builds a new one and swaps it in one store, and what already runs keeps
+/// the snapshot (or the tunnel handles) it started with.
 pub struct Proxy {
-    /// Host and path → upstream index.
-    pub router: Router,
-    /// One balancer per upstream, in config order.
-    pub balancers: Vec<Balancer>,
-    /// Pooled client for plain requests, one per upstream (each with its own TLS settings).
-    pub clients: Vec<http::BackendClient>,
-    /// TLS connector and server name per upstream, for WebSocket backend connections.
-    pub upstream_tls: Vec<Option<connect::UpstreamTls>>,
-    /// Timeouts for each phase.
-    pub timeouts: Timeouts,
     /// Metric handles.
     pub metrics: Metrics,
     /// Every tunnel runs on this tracker, so shutdown can wait for them: hyper's connection
@@ -46,99 +43,78 @@ pub struct Proxy {
     pub tunnels: TaskTracker,
     /// Every live tunnel's close mailbox, so one event can close them all politely.
     pub registry: Arc<tunnel::TunnelRegistry>,
-    /// What each upstream's tunnels report to and read, in config order.
-    pub tunnel_shared: Vec<Arc<tunnel::TunnelShared>>,
+    /// Every backend, carried from snapshot to snapshot.
+    pub backends: BackendRegistry,
+    /// Pooled backend clients by TLS settings and connect timeout, so a reload keeps warm pools.
+    pools: Mutex<HashMap<snapshot::PoolKey, http::BackendClient>>,
     /// Drain and force tokens.
     pub shutdown: Shutdown,
+    snapshot: ArcSwap<Snapshot>,
+    /// Backends a reload removed, until their last tunnel is gone.
+    leaving: Mutex<Vec<(String, Arc<Backend>)>>,
 }
 
 impl Proxy {
-    /// Builds the request path for `config`.
-    pub fn new(config: &Config, metrics: Metrics, shutdown: Shutdown) -> Self {
-        // Plain upstreams never use the TLS half of their connector; give them an empty config.
-        let no_tls = crate::tls::client::client_config_with_roots(rustls::RootCertStore::empty());
-        let clients = config
-            .upstreams
-            .iter()
-            .map(|u| http::backend_client(u, &config.timeouts, no_tls.clone()))
-            .collect();
-        let upstream_tls = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                u.tls.as_ref().map(|t| {
-                    let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
-                        .expect("validated server name");
-                    (tokio_rustls::TlsConnector::from(t.client.clone()), name)
-                })
-            })
-            .collect();
-        let registry = Arc::new(tunnel::TunnelRegistry::default());
-        let settings = tunnel::TunnelSettings::from_config(config);
-        let tunnel_shared = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                Arc::new(tunnel::TunnelShared::new(
-                    &u.name,
-                    settings.clone(),
-                    registry.clone(),
-                    &metrics,
-                ))
-            })
-            .collect();
-        Proxy {
-            router: Router::new(&config.routes),
-            balancers: config
-                .upstreams
-                .iter()
-                .map(|u| Balancer::new(u, config.timeouts.backend_retry, &metrics))
-                .collect(),
-            clients,
-            upstream_tls,
-            timeouts: config.timeouts.clone(),
+    /// Process state, and the first snapshot built from `config`.
+    pub fn new(config: Config, metrics: Metrics, shutdown: Shutdown) -> Self {
+        let proxy = Proxy {
             metrics,
             tunnels: TaskTracker::new(),
-            registry,
-            tunnel_shared,
+            registry: Arc::new(tunnel::TunnelRegistry::default()),
+            backends: BackendRegistry::default(),
+            pools: Mutex::new(HashMap::new()),
             shutdown,
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            leaving: Mutex::new(Vec::new()),
+        };
+        let (first, _) = proxy.build(config);
+        proxy.snapshot.store(Arc::new(first));
+        proxy
+    }
+
+    /// The config now in force, with everything built from it.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Builds a snapshot for `config` and swaps it in. Returns the backends that joined, and
+    /// those that left (no longer configured: the caller drains them).
+    pub fn apply(&self, config: Config) -> snapshot::Applied {
+        let (next, joined) = self.build(config);
+        let left = self.backends.remove_absent(&next.config);
+        self.snapshot.store(Arc::new(next));
+        snapshot::Applied { joined, left }
+    }
+
+    /// Keeps a removed backend in view (admin API, `switchboard_tunnels_draining`) while it
+    /// drains.
+    pub fn note_leaving(&self, upstream: &str, backend: &Arc<Backend>) {
+        self.lock_leaving()
+            .push((upstream.to_owned(), backend.clone()));
+    }
+
+    /// A removed backend is empty: drops it and its metric series (bounded cardinality).
+    pub fn forget(&self, upstream: &str, backend: &Arc<Backend>) {
+        self.lock_leaving()
+            .retain(|(_, b)| !Arc::ptr_eq(b, backend));
+        // A later reload may have added the same server again: then its series live on.
+        if self.backends.find(upstream, &backend.name).is_none() {
+            self.metrics.remove_backend(upstream, &backend.name);
         }
     }
-}
 
-impl Proxy {
-    /// The next backend of `upstream` for this key, or the error that ends the request.
-    pub fn pick(
-        &self,
-        upstream: usize,
-        key: Option<u64>,
-        tried: &mut Tried,
-    ) -> Result<Pick, ProxyError> {
-        let balancer = &self.balancers[upstream];
-        balancer
-            .pick(key, tried)
-            .ok_or_else(|| ProxyError::NoBackend {
-                upstream: balancer.name.clone(),
-            })
+    /// Removed backends still draining, with their upstream names.
+    pub fn leaving(&self) -> Vec<(String, Arc<Backend>)> {
+        self.lock_leaving().clone()
     }
 
-    /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total`.
-    pub fn count_upgrade(
-        &self,
-        upstream: usize,
-        backend: &Backend,
-        outcome: &str,
-        protocol: ClientProtocol,
-    ) {
-        self.metrics
-            .upgrades_total
-            .with_label_values(&[
-                self.balancers[upstream].name.as_str(),
-                backend.name.as_str(),
-                outcome,
-                protocol.as_str(),
-            ])
-            .inc();
+    fn lock_leaving(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<Backend>)>> {
+        self.leaving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn build(&self, config: Config) -> (Snapshot, Vec<Arc<Backend>>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot::build(config, &self.backends, &mut pools, &self.registry, &self.metrics)
     }
 }
 
@@ -211,6 +187,7 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<ResponseBody> {
+    let snap = proxy.snapshot();
     let (parts, body) = req.into_parts();
     let upgrade = match conn.protocol {
         ClientProtocol::Http1 => headers::is_websocket_upgrade(&parts),
@@ -225,7 +202,7 @@ pub async fn handle(
             .inc();
         return error_response(&ProxyError::MethodNotAllowed);
     }
-    let Some(upstream) = proxy
+    let Some(upstream) = snap
         .router
         .route(router::request_host(&parts), parts.uri.path())
     else {
@@ -243,12 +220,12 @@ pub async fn handle(
     };
     let req = Request::from_parts(parts, body);
     let result = if upgrade {
-        websocket::upgrade(&proxy, upstream, req, &conn).await
+        websocket::upgrade(&proxy, &snap, upstream, req, &conn).await
     } else {
-        http::forward(&proxy, upstream, req, &conn).await
+        http::forward(&snap, upstream, req, &conn).await
     };
     let response = result.unwrap_or_else(|error| {
-        let upstream_name = &proxy.balancers[upstream].name;
+        let upstream_name = &snap.balancers[upstream].name;
         match error.blame() {
             Blame::Backend => tracing::warn!(upstream = %upstream_name, client = %conn.peer,
                 status = error.status().as_u16(), error = %http::error_chain(&error), "request failed"),
@@ -262,7 +239,7 @@ pub async fn handle(
             .metrics
             .http_requests_total
             .with_label_values(&[
-                proxy.balancers[upstream].name.as_str(),
+                snap.balancers[upstream].name.as_str(),
                 response.status().as_str(),
             ])
             .inc();

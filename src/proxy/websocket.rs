@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::body::ResponseBody;
 use super::handshake::{self, Answer};
 use super::http::error_chain;
-use super::{ClientProtocol, ConnInfo, Proxy, connect, headers, tunnel};
+use super::{ClientProtocol, ConnInfo, Proxy, Snapshot, connect, headers, tunnel};
 use crate::balancer::key::key_hash;
 use crate::error::ProxyError;
 
@@ -43,12 +43,13 @@ pub fn is_extended_connect(parts: &http::request::Parts) -> bool {
 /// tracked tunnel task is spawned that splices the two streams once hyper hands them over.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
+    snap: &Snapshot,
     upstream: usize,
     mut req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
-    let balancer = &proxy.balancers[upstream];
+    let balancer = &snap.balancers[upstream];
     let protocol = conn.protocol;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _empty_body) = req.into_parts();
@@ -99,12 +100,12 @@ pub async fn upgrade(
         h.insert(header::HOST, value);
     }
 
-    let (stream, pick) = connect::connect(proxy, upstream, key, protocol).await?;
+    let (stream, pick) = connect::connect(snap, upstream, key, protocol).await?;
     let backend = pick.lease.backend().clone();
-    let record = |outcome: &str| proxy.count_upgrade(upstream, &backend, outcome, protocol);
+    let record = |outcome: &str| snap.count_upgrade(upstream, &backend, outcome, protocol);
 
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let timeout = proxy.timeouts.handshake;
+    let timeout = snap.timeouts.handshake;
     let exchange = handshake::exchange(stream, path, &parts.headers);
     let answer = match tokio::time::timeout(timeout, exchange).await {
         Err(_elapsed) => {
@@ -155,7 +156,7 @@ pub async fn upgrade(
         protocol = protocol.as_str(), handshake_ms = started.elapsed().as_millis() as u64, "websocket upgraded");
 
     let tunnel = tunnel::Tunnel {
-        shared: proxy.tunnel_shared[upstream].clone(),
+        shared: snap.tunnel_shared[upstream].clone(),
         lease: pick.lease,
         conn: conn.clone(),
         extensions,

@@ -138,6 +138,20 @@ impl TlsTerminator {
         })
     }
 
+    /// Serves the certificates of a reloaded config from the next handshake on (established
+    /// connections keep theirs).
+    pub fn replace(&self, config: &TlsConfig) {
+        let certs: Vec<_> = config
+            .certificates
+            .iter()
+            .map(|c| (names_of(c), c.loaded.clone()))
+            .collect();
+        for cert in &config.certificates {
+            set_expiry(&self.metrics, cert);
+        }
+        self.resolver.store.store(Arc::new(CertStore::build(&certs)));
+    }
+
     /// Runs the handshake within the timeout. A client that speaks plain HTTP to this port gets
     /// a short 400 that says so, then the connection is closed. `None`: nothing to serve.
     pub async fn accept(&self, stream: TcpStream) -> Option<Accepted> {

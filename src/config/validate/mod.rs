@@ -11,6 +11,9 @@ use super::{
     Config, ConfigError, HostPattern, Limits, LogFormat, Route, Timeouts, line_of, parse_duration,
 };
 
+mod admin;
+mod health_check;
+mod pacing;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -122,9 +125,12 @@ impl Checker<'_> {
 pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config, ConfigError> {
     let check = Checker { src, origin };
     let listen = check.addr(&raw.listen, "listen")?;
-    let admin = match &raw.admin {
-        Some(admin) => Some(check.addr(&admin.listen, "admin.listen")?),
-        None => None,
+    let (admin, admin_token) = match &raw.admin {
+        Some(admin) => (
+            Some(check.addr(&admin.listen, "admin.listen")?),
+            admin::token(&check, admin)?,
+        ),
+        None => (None, None),
     };
     let limits = limits(&check, raw.limits.as_ref().unwrap_or(&RawLimits::default()))?;
     let timeouts = timeouts(
@@ -216,9 +222,10 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
     }
 
     Ok(Config {
+        path: None,
         listen,
         admin,
-        admin_token: None,
+        admin_token,
         limits,
         timeouts,
         drain,

@@ -1,8 +1,9 @@
-//! `[upstream.NAME]`: strategy, hash key, load bound, servers, backend TLS.
+//! `[upstream.NAME]`: strategy, hash key, load bound, servers, backend TLS; slow start, pacing,
+//! rebalancing and health checks are in their own modules.
 
 use toml::Spanned;
 
-use super::{Checker, MAX_WEIGHT};
+use super::{Checker, MAX_WEIGHT, health_check, pacing};
 use crate::config::raw::{RawBackendTls, RawServer, RawUpstream};
 use crate::config::{BackendTls, Balance, ConfigError, HashKeySpec, Server, Upstream};
 
@@ -113,6 +114,17 @@ pub(super) fn upstream(
         Some(t) => Some(backend_tls(check, t, &key("tls"))?),
         None => None,
     };
+    let slow_start = check.duration_or_zero(
+        &raw.slow_start,
+        &key("slow_start"),
+        std::time::Duration::ZERO,
+    )?;
+    let upgrade_pacing = pacing::upgrade_pacing(check, name, raw)?;
+    let (rebalance_skew, rebalance_rate) = pacing::rebalance(check, name, raw, balance)?;
+    let health_check = match &raw.health_check {
+        Some(h) => Some(health_check::health_check(check, name, h)?),
+        None => None,
+    };
     Ok(Upstream {
         name: name.to_owned(),
         balance,
@@ -120,12 +132,11 @@ pub(super) fn upstream(
         load_factor,
         tls,
         servers,
-        // Parsed in a later step (`[upstream.NAME]` keys of issue "Change without disconnects").
-        slow_start: std::time::Duration::ZERO,
-        upgrade_pacing: None,
-        rebalance_skew: None,
-        rebalance_rate: 10.0,
-        health_check: None,
+        slow_start,
+        upgrade_pacing,
+        rebalance_skew,
+        rebalance_rate,
+        health_check,
     })
 }
 

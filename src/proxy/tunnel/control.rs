@@ -99,7 +99,6 @@ pub struct CloseAll {
 struct Entry {
     control: Arc<Control>,
     /// For closing the tunnels of one backend (drains).
-    #[allow(dead_code)]
     backend: Arc<Backend>,
 }
 
@@ -207,6 +206,34 @@ impl TunnelRegistry {
             };
             deliver(&mut inner.requests, *id, request, &entry.control);
         }
+    }
+
+    /// Asks the tunnels of `backend` to close, spread over `all.spread` like [`Self::close_all`].
+    /// Returns how many were asked.
+    pub fn close_backend(&self, backend: &Arc<Backend>, all: CloseAll) -> usize {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let chosen: Vec<(u64, Arc<Control>)> = inner
+            .tunnels
+            .iter()
+            .filter(|(_, e)| Arc::ptr_eq(&e.backend, backend))
+            .map(|(id, e)| (*id, e.control.clone()))
+            .collect();
+        let n = chosen.len().max(1) as f64;
+        for (i, (id, control)) in chosen.iter().enumerate() {
+            let slot = (i as f64 + rand::random::<f64>()) / n;
+            let start = now + all.spread.mul_f64(slot);
+            let request = CloseRequest {
+                reason: all.reason,
+                to_client: Some(all.code),
+                to_backend: Some(all.code),
+                start,
+                deadline: start + all.linger,
+            };
+            deliver(&mut inner.requests, *id, request, control);
+        }
+        chosen.len()
     }
 
     /// Ends every tunnel now, politely or not (the shutdown grace period is over).

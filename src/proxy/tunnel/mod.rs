@@ -49,6 +49,10 @@ pub enum CloseReason {
     Error,
     /// A peer's bytes broke the WebSocket framing rules.
     BadFraming,
+    /// Its backend was drained (admin API) or removed by a reload.
+    Drain,
+    /// Its backend held more than its share and the tunnel was moved (`rebalance_skew`).
+    Rebalance,
 }
 
 impl CloseReason {
@@ -61,6 +65,8 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message too big",
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::BadFraming => "protocol error",
+            CloseReason::Drain => "server going away",
+            CloseReason::Rebalance => "service restart",
             CloseReason::HalfClosedTimeout
             | CloseReason::BackendClosed
             | CloseReason::ClientClosed
@@ -81,6 +87,8 @@ impl CloseReason {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::Error => "error",
             CloseReason::BadFraming => "bad_framing",
+            CloseReason::Drain => "drain",
+            CloseReason::Rebalance => "rebalance",
         }
     }
 }

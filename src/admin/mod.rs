@@ -1,7 +1,12 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/healthz` (the process is up) and
-//! `/readyz` (503 once draining, so a load balancer in front stops sending new clients).
+//! The admin listener: `/metrics` (Prometheus text format), `/healthz` (the process is up),
+//! `/readyz` (503 once draining, so a load balancer in front stops sending new clients), and the
+//! `/admin/*` API ([`api`]). It calls into process state; it never reaches into the proxy's
+//! internals.
+
+pub mod api;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -11,15 +16,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::proxy::body::ResponseBody;
-use crate::shutdown::Shutdown;
+use crate::reload::Reloader;
 
 /// Serves the admin endpoints until the force token is cancelled (they stay up while draining).
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Shutdown) {
-    let state = Arc::new((metrics, shutdown.clone()));
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloader>) {
+    let force = proxy.shutdown.force_token().clone();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -27,13 +32,13 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Shutdown) 
                     continue;
                 }
             },
-            _ = shutdown.force_token().cancelled() => return,
+            _ = force.cancelled() => return,
         };
-        let state = state.clone();
+        let (proxy, reloader) = (proxy.clone(), reloader.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state.0, &state.1, req)) }
+                let (proxy, reloader) = (proxy.clone(), reloader.clone());
+                async move { Ok::<_, Infallible>(respond(&proxy, &reloader, peer, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -43,19 +48,26 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Shutdown) 
     }
 }
 
-fn respond(
-    metrics: &Metrics,
-    shutdown: &Shutdown,
+async fn respond(
+    proxy: &Arc<Proxy>,
+    reloader: &Reloader,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    if req.uri().path().starts_with("/admin/") {
+        return api::respond(proxy, reloader, peer, req).await;
+    }
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            api::publish_draining(proxy);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                proxy.metrics.render(),
+            )
+        }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET, "/readyz") if shutdown.is_draining() => (
+        (&Method::GET, "/readyz") if proxy.shutdown.is_draining() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "draining\n".to_owned(),
@@ -64,9 +76,14 @@ fn respond(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
+            "not found; try /metrics, /healthz, /readyz or /admin/upstreams\n".to_owned(),
         ),
     };
+    reply(status, content_type, body)
+}
+
+/// A response with a body of `content_type`.
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::text(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

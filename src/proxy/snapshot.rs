@@ -1,0 +1,192 @@
+//! The config snapshot: everything the request path reads that comes from the config, built
+//! once per config and never changed. A request loads it once; a tunnel keeps the handles it
+//! started with; a reload builds the next one (carrying backends and warm pools over) and the
+//! old one is freed when the last request that holds it is done.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::router::Router;
+use super::{ClientProtocol, connect, http, tunnel};
+use crate::balancer::registry::BackendRegistry;
+use crate::balancer::{Backend, Balancer, Pick, Tried};
+use crate::config::{Config, Timeouts, Upstream};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// What a pooled backend client depends on: the upstream's TLS settings (server name, CA
+/// file) and the connect timeout. Equal keys share one pool across reloads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    tls: Option<(String, Option<std::path::PathBuf>)>,
+    connect: std::time::Duration,
+}
+
+impl PoolKey {
+    fn of(upstream: &Upstream, timeouts: &Timeouts) -> Self {
+        PoolKey {
+            tls: upstream
+                .tls
+                .as_ref()
+                .map(|t| (t.server_name.clone(), t.ca.clone())),
+            connect: timeouts.connect,
+        }
+    }
+}
+
+/// What applying a config changed in the backend set.
+pub struct Applied {
+    /// Backends that are new in this config.
+    pub joined: Vec<Arc<Backend>>,
+    /// Backends the config no longer has, with their upstream names: to be drained.
+    pub left: Vec<(String, Arc<Backend>)>,
+}
+
+/// Everything built from one config.
+pub struct Snapshot {
+    /// The validated config itself.
+    pub config: Config,
+    /// Host and path → upstream index.
+    pub router: Router,
+    /// One balancer per upstream, in config order.
+    pub balancers: Vec<Balancer>,
+    /// Pooled client for plain requests, one per upstream (each with its own TLS settings).
+    pub clients: Vec<http::BackendClient>,
+    /// TLS connector and server name per upstream, for WebSocket backend connections.
+    pub upstream_tls: Vec<Option<connect::UpstreamTls>>,
+    /// Timeouts for each phase (the config's).
+    pub timeouts: Timeouts,
+    /// What each upstream's tunnels report to and read, in config order.
+    pub tunnel_shared: Vec<Arc<tunnel::TunnelShared>>,
+    /// Metric handles.
+    pub metrics: Metrics,
+}
+
+impl Snapshot {
+    /// A snapshot with nothing in it, only until the first config is built.
+    pub(super) fn empty() -> Self {
+        let config = crate::config::from_toml_str(
+            "listen = \"127.0.0.1:0\"\n[[route]]\nupstream = \"none\"\n[upstream.none]\nservers = [\"127.0.0.1:9\"]\n",
+            "(empty)",
+        )
+        .expect("the placeholder config is valid");
+        Snapshot {
+            router: Router::new(&[]),
+            balancers: Vec::new(),
+            clients: Vec::new(),
+            upstream_tls: Vec::new(),
+            timeouts: config.timeouts.clone(),
+            tunnel_shared: Vec::new(),
+            metrics: Metrics::new(),
+            config,
+        }
+    }
+
+    /// Builds the snapshot of `config`: backends from (and new ones into) `backends`, pooled
+    /// clients from `pools` where the settings did not change. Also returns the backends that
+    /// joined.
+    pub(super) fn build(
+        config: Config,
+        backends: &BackendRegistry,
+        pools: &mut HashMap<PoolKey, http::BackendClient>,
+        registry: &Arc<tunnel::TunnelRegistry>,
+        metrics: &Metrics,
+    ) -> (Snapshot, Vec<Arc<Backend>>) {
+        // Plain upstreams never use the TLS half of their connector; give them an empty config.
+        let no_tls = crate::tls::client::client_config_with_roots(rustls::RootCertStore::empty());
+        let mut fresh_pools = HashMap::new();
+        let clients = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let key = PoolKey::of(u, &config.timeouts);
+                let client = pools.get(&key).cloned().unwrap_or_else(|| {
+                    http::backend_client(u, &config.timeouts, no_tls.clone())
+                });
+                fresh_pools.insert(key, client.clone());
+                client
+            })
+            .collect();
+        // Pools no config uses any more close with the last snapshot that holds them.
+        *pools = fresh_pools;
+        let upstream_tls = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                u.tls.as_ref().map(|t| {
+                    let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
+                        .expect("validated server name");
+                    (tokio_rustls::TlsConnector::from(t.client.clone()), name)
+                })
+            })
+            .collect();
+        let settings = tunnel::TunnelSettings::from_config(&config);
+        let tunnel_shared = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Arc::new(tunnel::TunnelShared::new(
+                    &u.name,
+                    settings.clone(),
+                    registry.clone(),
+                    metrics,
+                ))
+            })
+            .collect();
+        let mut joined = Vec::new();
+        let balancers = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let (members, new) = backends.resolve(u, metrics);
+                joined.extend(new);
+                Balancer::with_backends(u, members, config.timeouts.backend_retry, metrics)
+            })
+            .collect();
+        let snapshot = Snapshot {
+            router: Router::new(&config.routes),
+            balancers,
+            clients,
+            upstream_tls,
+            timeouts: config.timeouts.clone(),
+            tunnel_shared,
+            metrics: metrics.clone(),
+            config,
+        };
+        (snapshot, joined)
+    }
+
+    /// The next backend of `upstream` for this key, or the error that ends the request.
+    pub fn pick(
+        &self,
+        upstream: usize,
+        key: Option<u64>,
+        tried: &mut Tried,
+    ) -> Result<Pick, ProxyError> {
+        let balancer = &self.balancers[upstream];
+        balancer
+            .pick(key, tried)
+            .ok_or_else(|| ProxyError::NoBackend {
+                upstream: balancer.name.clone(),
+            })
+    }
+
+    /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total`.
+    pub fn count_upgrade(
+        &self,
+        upstream: usize,
+        backend: &Backend,
+        outcome: &str,
+        protocol: ClientProtocol,
+    ) {
+        self.metrics
+            .upgrades_total
+            .with_label_values(&[
+                self.balancers[upstream].name.as_str(),
+                backend.name.as_str(),
+                outcome,
+                protocol.as_str(),
+            ])
+            .inc();
+    }
+}

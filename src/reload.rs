@@ -1,0 +1,194 @@
+//! Hot reload (SIGHUP, `POST /admin/reload`): the file is read and validated exactly as
+//! `switchboard check` does, off the async workers; on any error the running config stays (logged,
+//! counted, and returned to the admin caller). On success one new snapshot is swapped in:
+//! routes, upstreams, limits, timeouts and TLS certificates apply to new connections at once,
+//! established tunnels and in-flight requests keep what they started with, backends keep their
+//! counts and health, removed backends are drained politely, and health checks restart on the
+//! new backend set.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::proxy::Proxy;
+use crate::tls::server::TlsTerminator;
+
+/// Applies configs to a running switchboard, one at a time.
+pub struct Reloader {
+    proxy: Arc<Proxy>,
+    terminator: Option<Arc<TlsTerminator>>,
+    path: Option<PathBuf>,
+    /// Held while a reload runs (reloads never overlap); stops the tasks tied to one config.
+    running: tokio::sync::Mutex<CancellationToken>,
+}
+
+impl Reloader {
+    /// A reloader for the config read from `path` (`None`: reloads are refused), and starts the
+    /// per-config tasks (certificate watching, health checks) of the running config.
+    pub fn start(
+        proxy: Arc<Proxy>,
+        terminator: Option<Arc<TlsTerminator>>,
+        path: Option<PathBuf>,
+    ) -> Arc<Self> {
+        let reloader = Arc::new(Reloader {
+            proxy,
+            terminator,
+            path,
+            running: tokio::sync::Mutex::new(CancellationToken::new()),
+        });
+        let stop = reloader.running.try_lock().expect("nobody else holds it yet").clone();
+        reloader.start_tasks(&stop);
+        reloader
+    }
+
+    /// Reads the config file again and applies it; the error text is what `switchboard check`
+    /// prints, and then nothing changed.
+    pub async fn reload(&self) -> Result<(), String> {
+        let mut tasks = self.running.lock().await;
+        let metrics = &self.proxy.metrics;
+        let result = self.load_and_apply(&tasks).await;
+        match &result {
+            Ok(stop) => {
+                tasks.cancel();
+                *tasks = stop.clone();
+                metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+                metrics
+                    .config_last_reload_success_timestamp_seconds
+                    .set(unix_now());
+                tracing::info!("config reloaded");
+            }
+            Err(e) => {
+                metrics
+                    .config_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "config reload failed; the running config stays");
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn load_and_apply(&self, _old: &CancellationToken) -> Result<CancellationToken, String> {
+        let Some(path) = self.path.clone() else {
+            return Err("this switchboard was not started from a config file: nothing to reload".into());
+        };
+        // Validation reads certificate files and resolves names: not on an async worker.
+        let config = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| format!("config validation did not finish: {e}"))?
+            .map_err(|e| format!("error: {e}"))?;
+        self.check_fixed(&config)?;
+        if let (Some(terminator), Some(tls)) = (&self.terminator, &config.tls) {
+            terminator.replace(tls);
+        }
+        let applied = self.proxy.apply(config);
+        for backend in &applied.joined {
+            tracing::info!(backend = %backend.name, "backend joined");
+        }
+        for (upstream, backend) in applied.left {
+            crate::drain::start(&self.proxy, &upstream, backend, true);
+        }
+        let stop = CancellationToken::new();
+        self.start_tasks(&stop);
+        Ok(stop)
+    }
+
+    /// What a running process cannot take from a new config.
+    fn check_fixed(&self, next: &Config) -> Result<(), String> {
+        let running = self.proxy.snapshot();
+        let now = &running.config;
+        let moved = |what: &str, a: String, b: String| {
+            Err(format!(
+                "error: `{what}` changed from {a} to {b}; listeners are not moved by a reload: restart switchboard for that"
+            ))
+        };
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+        if now.plain_listen() != next.plain_listen() {
+            return moved("listen", show(now.plain_listen()), show(next.plain_listen()));
+        }
+        if now.tls_listen() != next.tls_listen() {
+            return moved("tls.listen", show(now.tls_listen()), show(next.tls_listen()));
+        }
+        if now.admin != next.admin {
+            return moved("admin.listen", show(now.admin), show(next.admin));
+        }
+        Ok(())
+    }
+
+    /// Tasks that belong to the config now running, stopped when the next one is applied.
+    fn start_tasks(&self, stop: &CancellationToken) {
+        let snap = self.proxy.snapshot();
+        if let (Some(terminator), Some(tls)) = (&self.terminator, &snap.config.tls) {
+            let watch = terminator
+                .clone()
+                .watch(tls.clone(), self.proxy.shutdown.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = watch => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+        start_health_checks(&self.proxy, &snap, stop);
+    }
+}
+
+/// One health-check task per backend of each upstream that has `[upstream.NAME.health_check]`.
+fn start_health_checks(proxy: &Proxy, snap: &crate::proxy::Snapshot, stop: &CancellationToken) {
+    for (i, upstream) in snap.config.upstreams.iter().enumerate() {
+        let Some(check) = &upstream.health_check else {
+            continue;
+        };
+        let name: Arc<str> = upstream.name.as_str().into();
+        for backend in snap.balancers[i].backends() {
+            #[cfg(any())] // HEALTH-WIRING: enabled once balancer::health lands
+            tokio::spawn(crate::balancer::health::run(
+                backend.clone(),
+                name.clone(),
+                check.clone(),
+                snap.upstream_tls[i].clone(),
+                proxy.metrics.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+}
+
+/// SIGHUP reloads, as for nginx and HAProxy.
+pub fn watch_sighup(reloader: Arc<Reloader>, shutdown: crate::Shutdown) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP received: reloading the config");
+                    let _ = reloader.reload().await;
+                }
+                _ = shutdown.drain_token().cancelled() => return,
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (reloader, shutdown);
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
