@@ -87,7 +87,11 @@ pub async fn run(
     shutdown: Shutdown,
     metrics: Metrics,
 ) -> Result<(), RunError> {
-    let proxy = Arc::new(Proxy::new(config.clone(), metrics.clone(), shutdown.clone()));
+    let proxy = Arc::new(Proxy::new(
+        config.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let terminator = match (&config.tls, &listeners.tls) {
         (Some(tls), Some(_)) => Some(Arc::new(TlsTerminator::new(tls, metrics.clone())?)),
         (None, Some(_)) => return Err(RunError::TlsWithoutConfig),
@@ -121,14 +125,7 @@ pub async fn run(
                 let guard = ConnectionGuard::new(permit, metrics.connections_active.clone());
                 // Limits as configured now: a reload applies them to new connections.
                 let limits = proxy.snapshot().config.limits.clone();
-                server::serve_connection(
-                    proxy.clone(),
-                    limits,
-                    stream,
-                    peer,
-                    guard,
-                    tls.clone(),
-                )
+                server::serve_connection(proxy.clone(), limits, stream, peer, guard, tls.clone())
             },
         )));
     }

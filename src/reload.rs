@@ -38,7 +38,11 @@ impl Reloader {
             path,
             running: tokio::sync::Mutex::new(CancellationToken::new()),
         });
-        let stop = reloader.running.try_lock().expect("nobody else holds it yet").clone();
+        let stop = reloader
+            .running
+            .try_lock()
+            .expect("nobody else holds it yet")
+            .clone();
         reloader.start_tasks(&stop);
         reloader
     }
@@ -53,7 +57,10 @@ impl Reloader {
             Ok(stop) => {
                 tasks.cancel();
                 *tasks = stop.clone();
-                metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+                metrics
+                    .config_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
                 metrics
                     .config_last_reload_success_timestamp_seconds
                     .set(unix_now());
@@ -72,7 +79,9 @@ impl Reloader {
 
     async fn load_and_apply(&self, _old: &CancellationToken) -> Result<CancellationToken, String> {
         let Some(path) = self.path.clone() else {
-            return Err("this switchboard was not started from a config file: nothing to reload".into());
+            return Err(
+                "this switchboard was not started from a config file: nothing to reload".into(),
+            );
         };
         // Validation reads certificate files and resolves names: not on an async worker.
         let config = tokio::task::spawn_blocking(move || config::load(&path))
@@ -106,10 +115,18 @@ impl Reloader {
         };
         let show = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
         if now.plain_listen() != next.plain_listen() {
-            return moved("listen", show(now.plain_listen()), show(next.plain_listen()));
+            return moved(
+                "listen",
+                show(now.plain_listen()),
+                show(next.plain_listen()),
+            );
         }
         if now.tls_listen() != next.tls_listen() {
-            return moved("tls.listen", show(now.tls_listen()), show(next.tls_listen()));
+            return moved(
+                "tls.listen",
+                show(now.tls_listen()),
+                show(next.tls_listen()),
+            );
         }
         if now.admin != next.admin {
             return moved("admin.listen", show(now.admin), show(next.admin));

@@ -422,7 +422,10 @@ fn pacing_rebalancing_and_health_check_defaults() {
     assert_eq!(u.health_check, None);
     assert_eq!(c.admin_token, None);
 
-    let c = from_toml_str(&minimal_with("[upstream.app.health_check]\nkind = \"http\"\n"), "t");
+    let c = from_toml_str(
+        &minimal_with("[upstream.app.health_check]\nkind = \"http\"\n"),
+        "t",
+    );
     let check = c.unwrap().upstreams[0].health_check.clone().unwrap();
     assert_eq!(
         check,
@@ -479,7 +482,9 @@ fn pacing_rebalancing_and_health_check_values() {
         let u = upstream(&format!("max_upgrades_per_second = {rate}\n"));
         assert_eq!(u.upgrade_pacing, Some(pacing), "{rate}");
     }
-    let u = upstream("balance = \"round-robin\"\nslow_start = \"0s\"\nrebalance_skew = 2\nrebalance_rate = 10\n");
+    let u = upstream(
+        "balance = \"round-robin\"\nslow_start = \"0s\"\nrebalance_skew = 2\nrebalance_rate = 10\n",
+    );
     assert_eq!(u.slow_start, Duration::ZERO);
     assert_eq!((u.rebalance_skew, u.rebalance_rate), (Some(2.0), 10.0));
     let u = upstream("[upstream.app.health_check]\nkind = \"http\"\nexpect_status = 204\n");
@@ -493,41 +498,189 @@ fn bad_pacing_rebalancing_and_health_check_values() {
     const HC: &str = "[upstream.app.health_check]\n";
     let hc = |rest: &str| format!("{HC}kind = \"http\"\n{rest}");
     for (extra, line, key, says) in [
-        ("slow_start = \"30\"\n".to_owned(), 6, "upstream.app.slow_start", "no unit"),
-        ("max_upgrades_per_second = 0\n".into(), 6, "upstream.app.max_upgrades_per_second", "above zero"),
-        ("max_upgrades_per_second = -1.5\n".into(), 6, "upstream.app.max_upgrades_per_second", "above zero"),
-        ("max_upgrades_per_second = \"200\"\n".into(), 6, "upstream.app.max_upgrades_per_second", "expected a number such as 200, found string"),
-        ("max_upgrades_per_second = inf\n".into(), 6, "upstream.app.max_upgrades_per_second", "finite number"),
-        ("upgrade_burst = 5\n".into(), 6, "upstream.app.upgrade_burst", "needs max_upgrades_per_second"),
-        ("max_upgrades_per_second = 5\nupgrade_burst = 0\n".into(), 7, "upstream.app.upgrade_burst", "out of range"),
-        ("rebalance_skew = 1.0\n".into(), 6, "upstream.app.rebalance_skew", "above 1.0"),
-        ("rebalance_skew = 1\n".into(), 6, "upstream.app.rebalance_skew", "above 1.0"),
-        ("rebalance_skew = \"1.5\"\n".into(), 6, "upstream.app.rebalance_skew", "expected a number such as 1.5"),
-        ("balance = \"sticky-hash\"\nhash_key = \"ip\"\nrebalance_skew = 1.5\n".into(), 8, "upstream.app.rebalance_skew", "affinity wins: rebalancing would move sticky keys"),
-        ("rebalance_rate = 0\n".into(), 6, "upstream.app.rebalance_rate", "above zero"),
-        ("rebalance_rate = \"fast\"\n".into(), 6, "upstream.app.rebalance_rate", "expected a number such as 10"),
-        (format!("{HC}path = \"/\"\n"), 6, "upstream.app.health_check.kind", "needs a kind"),
-        (format!("{HC}kind = \"udp\"\n"), 7, "upstream.app.health_check.kind", "unknown health check kind `udp`"),
-        (hc("path = \"healthz\"\n"), 8, "upstream.app.health_check.path", "starts with `/`"),
-        (hc("path = \"/a b\"\n"), 8, "upstream.app.health_check.path", "not a request path"),
-        (format!("{HC}kind = \"tcp\"\npath = \"/\"\n"), 8, "upstream.app.health_check.path", "tcp check sends no request"),
-        (hc("host = \"a b\"\n"), 8, "upstream.app.health_check.host", "not a Host header value"),
-        (hc("expect_status = 99\n"), 8, "upstream.app.health_check.expect_status", "100 to 599"),
-        (hc("expect_status = 600\n"), 8, "upstream.app.health_check.expect_status", "100 to 599"),
-        (format!("{HC}kind = \"websocket\"\nexpect_status = 200\n"), 8, "upstream.app.health_check.expect_status", "only applies to kind = \"http\""),
-        (format!("{HC}kind = \"tcp\"\nexpect_status = 200\n"), 8, "upstream.app.health_check.expect_status", "only applies to kind = \"http\""),
-        (hc("interval = \"2s\"\ntimeout = \"2s\"\n"), 9, "upstream.app.health_check.timeout", "shorter than the interval"),
-        (hc("interval = \"1s\"\n"), 8, "upstream.app.health_check.interval", "timeout (2s, the default) must be shorter than the interval (1s)"),
-        (hc("interval = \"0s\"\n"), 8, "upstream.app.health_check.interval", "longer than zero"),
-        (hc("timeout = \"fast\"\n"), 8, "upstream.app.health_check.timeout", "fast"),
-        (hc("rise = 0\n"), 8, "upstream.app.health_check.rise", "use 1 to 100"),
-        (hc("fall = 101\n"), 8, "upstream.app.health_check.fall", "use 1 to 100"),
+        (
+            "slow_start = \"30\"\n".to_owned(),
+            6,
+            "upstream.app.slow_start",
+            "no unit",
+        ),
+        (
+            "max_upgrades_per_second = 0\n".into(),
+            6,
+            "upstream.app.max_upgrades_per_second",
+            "above zero",
+        ),
+        (
+            "max_upgrades_per_second = -1.5\n".into(),
+            6,
+            "upstream.app.max_upgrades_per_second",
+            "above zero",
+        ),
+        (
+            "max_upgrades_per_second = \"200\"\n".into(),
+            6,
+            "upstream.app.max_upgrades_per_second",
+            "expected a number such as 200, found string",
+        ),
+        (
+            "max_upgrades_per_second = inf\n".into(),
+            6,
+            "upstream.app.max_upgrades_per_second",
+            "finite number",
+        ),
+        (
+            "upgrade_burst = 5\n".into(),
+            6,
+            "upstream.app.upgrade_burst",
+            "needs max_upgrades_per_second",
+        ),
+        (
+            "max_upgrades_per_second = 5\nupgrade_burst = 0\n".into(),
+            7,
+            "upstream.app.upgrade_burst",
+            "out of range",
+        ),
+        (
+            "rebalance_skew = 1.0\n".into(),
+            6,
+            "upstream.app.rebalance_skew",
+            "above 1.0",
+        ),
+        (
+            "rebalance_skew = 1\n".into(),
+            6,
+            "upstream.app.rebalance_skew",
+            "above 1.0",
+        ),
+        (
+            "rebalance_skew = \"1.5\"\n".into(),
+            6,
+            "upstream.app.rebalance_skew",
+            "expected a number such as 1.5",
+        ),
+        (
+            "balance = \"sticky-hash\"\nhash_key = \"ip\"\nrebalance_skew = 1.5\n".into(),
+            8,
+            "upstream.app.rebalance_skew",
+            "affinity wins: rebalancing would move sticky keys",
+        ),
+        (
+            "rebalance_rate = 0\n".into(),
+            6,
+            "upstream.app.rebalance_rate",
+            "above zero",
+        ),
+        (
+            "rebalance_rate = \"fast\"\n".into(),
+            6,
+            "upstream.app.rebalance_rate",
+            "expected a number such as 10",
+        ),
+        (
+            format!("{HC}path = \"/\"\n"),
+            6,
+            "upstream.app.health_check.kind",
+            "needs a kind",
+        ),
+        (
+            format!("{HC}kind = \"udp\"\n"),
+            7,
+            "upstream.app.health_check.kind",
+            "unknown health check kind `udp`",
+        ),
+        (
+            hc("path = \"healthz\"\n"),
+            8,
+            "upstream.app.health_check.path",
+            "starts with `/`",
+        ),
+        (
+            hc("path = \"/a b\"\n"),
+            8,
+            "upstream.app.health_check.path",
+            "not a request path",
+        ),
+        (
+            format!("{HC}kind = \"tcp\"\npath = \"/\"\n"),
+            8,
+            "upstream.app.health_check.path",
+            "tcp check sends no request",
+        ),
+        (
+            hc("host = \"a b\"\n"),
+            8,
+            "upstream.app.health_check.host",
+            "not a Host header value",
+        ),
+        (
+            hc("expect_status = 99\n"),
+            8,
+            "upstream.app.health_check.expect_status",
+            "100 to 599",
+        ),
+        (
+            hc("expect_status = 600\n"),
+            8,
+            "upstream.app.health_check.expect_status",
+            "100 to 599",
+        ),
+        (
+            format!("{HC}kind = \"websocket\"\nexpect_status = 200\n"),
+            8,
+            "upstream.app.health_check.expect_status",
+            "only applies to kind = \"http\"",
+        ),
+        (
+            format!("{HC}kind = \"tcp\"\nexpect_status = 200\n"),
+            8,
+            "upstream.app.health_check.expect_status",
+            "only applies to kind = \"http\"",
+        ),
+        (
+            hc("interval = \"2s\"\ntimeout = \"2s\"\n"),
+            9,
+            "upstream.app.health_check.timeout",
+            "shorter than the interval",
+        ),
+        (
+            hc("interval = \"1s\"\n"),
+            8,
+            "upstream.app.health_check.interval",
+            "timeout (2s, the default) must be shorter than the interval (1s)",
+        ),
+        (
+            hc("interval = \"0s\"\n"),
+            8,
+            "upstream.app.health_check.interval",
+            "longer than zero",
+        ),
+        (
+            hc("timeout = \"fast\"\n"),
+            8,
+            "upstream.app.health_check.timeout",
+            "fast",
+        ),
+        (
+            hc("rise = 0\n"),
+            8,
+            "upstream.app.health_check.rise",
+            "use 1 to 100",
+        ),
+        (
+            hc("fall = 101\n"),
+            8,
+            "upstream.app.health_check.fall",
+            "use 1 to 100",
+        ),
         (hc("falls = 3\n"), 8, "falls", "unknown field"),
     ] {
         let e = error_of(&minimal_with(&extra));
         let text = e.to_string();
         assert_eq!(e.line, Some(line), "{extra}: {text}");
-        assert!(text.starts_with(&format!("bad.toml:{line}:")), "{extra}: {text}");
+        assert!(
+            text.starts_with(&format!("bad.toml:{line}:")),
+            "{extra}: {text}"
+        );
         if key.contains('.') {
             assert_eq!(e.key.as_deref(), Some(key), "{extra}: {text}");
         }
@@ -566,7 +719,10 @@ fn admin_token_file_is_read_and_checked() {
     }
     let missing = dir.path("missing");
     let e = error_of(&config(&missing));
-    assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("admin.token_file")));
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(4), Some("admin.token_file"))
+    );
     let reason = std::fs::read(&missing).unwrap_err().to_string();
     assert!(e.to_string().contains(&reason), "{e}");
 }

@@ -32,7 +32,9 @@ pub async fn respond(
         Some(token) if !bearer_matches(&req, token) => {
             let mut response = json(
                 StatusCode::UNAUTHORIZED,
-                error_json("this endpoint needs `Authorization: Bearer <token>` (admin.token_file)"),
+                error_json(
+                    "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)",
+                ),
             );
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -43,7 +45,9 @@ pub async fn respond(
         None if req.method() == Method::POST && !peer.ip().is_loopback() => {
             return json(
                 StatusCode::FORBIDDEN,
-                error_json("POST /admin/* is accepted from loopback only unless admin.token_file is set"),
+                error_json(
+                    "POST /admin/* is accepted from loopback only unless admin.token_file is set",
+                ),
             );
         }
         _ => {}
@@ -59,7 +63,17 @@ pub async fn respond(
                 format!("{{\"result\":\"error\",\"error\":{}}}", quote(&e)),
             ),
         },
-        (&Method::POST, ["admin", "upstreams", name, "backends", addr, action @ ("drain" | "undrain")]) => {
+        (
+            &Method::POST,
+            [
+                "admin",
+                "upstreams",
+                name,
+                "backends",
+                addr,
+                action @ ("drain" | "undrain"),
+            ],
+        ) => {
             let (name, addr) = (decode(name), decode(addr));
             let Some(backend) = proxy.backends.find(&name, &addr) else {
                 return json(
@@ -82,7 +96,9 @@ pub async fn respond(
         }
         (_, ["admin", ..]) => json(
             StatusCode::NOT_FOUND,
-            error_json("unknown admin endpoint; see GET /admin/upstreams, POST /admin/reload, POST /admin/upstreams/{name}/backends/{addr}/drain|undrain"),
+            error_json(
+                "unknown admin endpoint; see GET /admin/upstreams, POST /admin/reload, POST /admin/upstreams/{name}/backends/{addr}/drain|undrain",
+            ),
         ),
         _ => json(StatusCode::NOT_FOUND, error_json("not found")),
     }
@@ -96,7 +112,12 @@ pub fn publish_draining(proxy: &Proxy) {
         let draining: i64 = balancer
             .backends()
             .iter()
-            .chain(leaving.iter().filter(|(u, _)| *u == balancer.name).map(|(_, b)| b))
+            .chain(
+                leaving
+                    .iter()
+                    .filter(|(u, _)| *u == balancer.name)
+                    .map(|(_, b)| b),
+            )
             .filter(|b| b.is_draining())
             .map(|b| b.tunnels())
             .sum();
@@ -117,7 +138,10 @@ fn upstreams_json(proxy: &Proxy) -> String {
             out.push(',');
         }
         let _ = write!(out, "{{\"name\":{},\"backends\":[", quote(&balancer.name));
-        let removed = leaving.iter().filter(|(u, _)| *u == balancer.name).map(|(_, b)| b);
+        let removed = leaving
+            .iter()
+            .filter(|(u, _)| *u == balancer.name)
+            .map(|(_, b)| b);
         for (j, backend) in balancer.backends().iter().chain(removed).enumerate() {
             if j > 0 {
                 out.push(',');
@@ -163,7 +187,10 @@ fn decode(segment: &str) -> String {
     while i < bytes.len() {
         let hex = |b: &u8| (*b as char).to_digit(16);
         if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex))
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            )
         {
             out.push((h * 16 + l) as u8);
             i += 3;

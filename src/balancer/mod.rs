@@ -14,8 +14,8 @@ mod sticky_hash;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, HashKeySpec, Server, Upstream};
@@ -339,9 +339,8 @@ impl Balancer {
             let backend = &self.backends[i];
             !tried.contains(i) && !backend.is_draining() && backend.health() != Health::Down
         };
-        let healthy = |i: usize| {
-            selectable(i) && self.is_available(i, || *now.get_or_init(|| self.now_ms()))
-        };
+        let healthy =
+            |i: usize| selectable(i) && self.is_available(i, || *now.get_or_init(|| self.now_ms()));
         let index = self
             .choose(key, &healthy)
             .or_else(|| self.choose(key, &selectable))?;

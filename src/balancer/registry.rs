@@ -55,11 +55,8 @@ impl BackendRegistry {
                 .iter()
                 .any(|u| u.name == upstream && u.servers.iter().any(|s| s.name == name))
         };
-        let gone: Vec<(String, String)> = map
-            .keys()
-            .filter(|(u, n)| !keep(u, n))
-            .cloned()
-            .collect();
+        let gone: Vec<(String, String)> =
+            map.keys().filter(|(u, n)| !keep(u, n)).cloned().collect();
         gone.into_iter()
             .filter_map(|key| map.remove(&key).map(|b| (key.0, b)))
             .collect()

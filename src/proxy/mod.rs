@@ -114,7 +114,13 @@ impl Proxy {
 
     fn build(&self, config: Config) -> (Snapshot, Vec<Arc<Backend>>) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        Snapshot::build(config, &self.backends, &mut pools, &self.registry, &self.metrics)
+        Snapshot::build(
+            config,
+            &self.backends,
+            &mut pools,
+            &self.registry,
+            &self.metrics,
+        )
     }
 }
 

@@ -100,9 +100,10 @@ impl Snapshot {
             .iter()
             .map(|u| {
                 let key = PoolKey::of(u, &config.timeouts);
-                let client = pools.get(&key).cloned().unwrap_or_else(|| {
-                    http::backend_client(u, &config.timeouts, no_tls.clone())
-                });
+                let client = pools
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| http::backend_client(u, &config.timeouts, no_tls.clone()));
                 fresh_pools.insert(key, client.clone());
                 client
             })

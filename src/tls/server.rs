@@ -149,7 +149,9 @@ impl TlsTerminator {
         for cert in &config.certificates {
             set_expiry(&self.metrics, cert);
         }
-        self.resolver.store.store(Arc::new(CertStore::build(&certs)));
+        self.resolver
+            .store
+            .store(Arc::new(CertStore::build(&certs)));
     }
 
     /// Runs the handshake within the timeout. A client that speaks plain HTTP to this port gets

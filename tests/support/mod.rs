@@ -43,10 +43,12 @@ impl Switchboard {
     }
 
     async fn start_with(toml_body: &str, tls: bool) -> Switchboard {
-        let text =
-            format!("listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml_body}");
-        let config = switchboard::config::from_toml_str(&text, "test.toml")
+        let config = switchboard::config::from_toml_str(&with_listeners(toml_body), "test.toml")
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        Self::run_config(config, tls).await
+    }
+
+    async fn run_config(config: switchboard::Config, tls: bool) -> Switchboard {
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = proxy.local_addr().unwrap();
@@ -97,6 +99,50 @@ impl Switchboard {
             .expect("switchboard stops within the deadline")
             .expect("switchboard task did not panic")
             .expect("switchboard ran");
+    }
+}
+
+/// A config file that a running switchboard was started from, for reload tests.
+pub struct ConfigFile {
+    pub dir: tls::TempDir,
+    pub path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// Replaces the file with `body` under the same listener lines the harness uses.
+    pub fn write(&self, body: &str) {
+        std::fs::write(&self.path, with_listeners(body)).unwrap();
+    }
+}
+
+fn with_listeners(body: &str) -> String {
+    format!("listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{body}")
+}
+
+impl Switchboard {
+    /// Starts switchboard from a config *file* holding `body`, so that it can be reloaded.
+    pub async fn start_file(body: &str) -> (Switchboard, ConfigFile) {
+        let dir = tls::TempDir::new("reload");
+        let file = ConfigFile {
+            path: dir.path("switchboard.toml"),
+            dir,
+        };
+        file.write(body);
+        let config = switchboard::config::load(&file.path)
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        (Self::run_config(config, false).await, file)
+    }
+
+    /// POST `path` on the admin listener.
+    pub async fn admin_post(&self, path: &str, headers: &[(&str, &str)]) -> clients::HttpResponse {
+        clients::http_request(self.admin, "POST", path, headers, bytes::Bytes::new()).await
+    }
+
+    /// `GET /admin/upstreams`, parsed.
+    pub async fn upstreams(&self) -> serde_json::Value {
+        let response = clients::http_get(self.admin, "/admin/upstreams", &[]).await;
+        assert_eq!(response.status, 200, "{}", response.body_text());
+        serde_json::from_slice(&response.body).expect("JSON")
     }
 }
 

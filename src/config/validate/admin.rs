@@ -37,7 +37,10 @@ pub(super) fn token(check: &Checker, raw: &RawAdmin) -> Result<Option<String>, C
             file.span(),
             key,
             format!("the token in `{path}` has spaces, line breaks or non-ASCII characters"),
-            Some("a bearer token is one word of visible ASCII, e.g. from `openssl rand -hex 32`".into()),
+            Some(
+                "a bearer token is one word of visible ASCII, e.g. from `openssl rand -hex 32`"
+                    .into(),
+            ),
         );
     }
     Ok(Some(token.to_owned()))

@@ -47,7 +47,9 @@ pub(super) fn health_check(
                 p.span(),
                 &key("path"),
                 format!("`{}` is not a request path", p.get_ref()),
-                Some("write a path that starts with `/` and has no spaces, e.g. \"/healthz\"".into()),
+                Some(
+                    "write a path that starts with `/` and has no spaces, e.g. \"/healthz\"".into(),
+                ),
             );
         }
         Some(p) => p.get_ref().clone(),
@@ -72,7 +74,9 @@ pub(super) fn health_check(
                 s.span(),
                 &key("expect_status"),
                 "expect_status only applies to kind = \"http\"",
-                Some("remove it: a websocket check always expects 101, a tcp check no status".into()),
+                Some(
+                    "remove it: a websocket check always expects 101, a tcp check no status".into(),
+                ),
             );
         }
         Some(s) if !(100..=599).contains(s.get_ref()) => {

@@ -37,7 +37,10 @@ pub(super) fn upgrade_pacing(
             rate_value.span(),
             &rate_key,
             format!("{rate} is not a rate; use a number of upgrades per second above zero"),
-            Some("e.g. 200, or 0.5 for one every two seconds; leave the key out for no pacing".into()),
+            Some(
+                "e.g. 200, or 0.5 for one every two seconds; leave the key out for no pacing"
+                    .into(),
+            ),
         );
     }
     let burst = match &raw.upgrade_burst {
@@ -129,8 +132,14 @@ fn number(
         other => check.error(
             value.span(),
             key,
-            format!("expected a number such as {example}, found {}", other.type_str()),
-            Some("write the number bare (no quotes, no unit); integers and decimals both work".into()),
+            format!(
+                "expected a number such as {example}, found {}",
+                other.type_str()
+            ),
+            Some(
+                "write the number bare (no quotes, no unit); integers and decimals both work"
+                    .into(),
+            ),
         ),
     }
 }
