@@ -15,6 +15,8 @@ pub enum Blame {
     Client,
     /// A backend was unreachable, slow or broken.
     Backend,
+    /// Nobody's fault: switchboard shed load on purpose (upgrade pacing, no backend up).
+    Overload,
 }
 
 /// Why a request could not be proxied.
@@ -63,6 +65,14 @@ pub enum ProxyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The backend's upgrade bucket (`max_upgrades_per_second`) had no token in time.
+    #[error("{backend} takes no more upgrades this second (max_upgrades_per_second)")]
+    RateLimited {
+        /// Upstream name, for the metric.
+        upstream: String,
+        /// Backend name.
+        backend: String,
+    },
     /// The backend answered 101 but not with a WebSocket upgrade.
     #[error("{backend} answered 101 without `Upgrade: websocket`")]
     BadUpgrade {
@@ -82,6 +92,18 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::RateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds for `Retry-After`, when trying again later is the answer: 1–5 s, jittered, so
+    /// refused clients do not all come back in the same second.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => {
+                Some(1 + rand::random::<u64>() % 5)
+            }
+            _ => None,
         }
     }
 
@@ -89,8 +111,8 @@ impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed => Blame::Client,
-            ProxyError::NoBackend { .. }
-            | ProxyError::Connect { .. }
+            ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => Blame::Overload,
+            ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::Backend { .. }
             | ProxyError::BadUpgrade { .. } => Blame::Backend,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod rebalance;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

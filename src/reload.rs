@@ -95,6 +95,7 @@ impl Reloader {
         let applied = self.proxy.apply(config);
         for backend in &applied.joined {
             tracing::info!(backend = %backend.name, "backend joined");
+            backend.start_ramp();
         }
         for (upstream, backend) in applied.left {
             crate::drain::start(&self.proxy, &upstream, backend, true);
@@ -150,6 +151,11 @@ impl Reloader {
             });
         }
         start_health_checks(&self.proxy, &snap, stop);
+        for (i, upstream) in snap.config.upstreams.iter().enumerate() {
+            if upstream.rebalance_skew.is_some() {
+                tokio::spawn(crate::rebalance::run(self.proxy.clone(), i, stop.clone()));
+            }
+        }
     }
 }
 
@@ -161,7 +167,6 @@ fn start_health_checks(proxy: &Proxy, snap: &crate::proxy::Snapshot, stop: &Canc
         };
         let name: Arc<str> = upstream.name.as_str().into();
         for backend in snap.balancers[i].backends() {
-            #[cfg(any())] // HEALTH-WIRING: enabled once balancer::health lands
             tokio::spawn(crate::balancer::health::run(
                 backend.clone(),
                 name.clone(),

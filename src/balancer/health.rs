@@ -2,14 +2,12 @@
 //! [`Backend`], which every strategy then honours (a `Down` backend is never picked).
 //!
 //! A probe is one fresh connection, bounded as a whole by `check.timeout`: a TCP connect (and the
-//! TLS handshake of a TLS upstream), then for `http` a `GET` and its status line, for `websocket`
-//! a real upgrade (101 with the right `Sec-WebSocket-Accept`) closed with Close 1000. The
-//! websocket kind is what finds a backend whose HTTP side answers while its WebSocket side is
-//! broken. Requests are written and responses parsed by hand (`httparse`): a probe needs one
-//! status line and one header, not an HTTP client.
+//! upstream's TLS handshake), then for `http` a `GET` and its status line, for `websocket` a real
+//! upgrade (101 with the right `Sec-WebSocket-Accept`) closed with Close 1000, which finds a
+//! backend whose HTTP side answers while its WebSocket side is broken. Requests are written and
+//! heads parsed (`httparse`) by hand: a probe needs a status line and one header.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::io;
 use std::sync::Arc;
 
@@ -31,9 +29,6 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// Most bytes read after a 101 while waiting for the backend's Close (a greeting is skipped).
 const MAX_AFTER_UPGRADE: usize = 64 * 1024;
-
-/// Most response headers a probe parses.
-const MAX_HEADERS: usize = 64;
 
 /// Probes `backend` every `check.interval` (first probe after a random delay in [0, interval) so
 /// backends are not probed in lockstep) until `stop` is cancelled; `rise` consecutive passes mark it
@@ -120,11 +115,13 @@ impl Streak {
 }
 
 /// Why a probe did not pass.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum ProbeError {
     /// The backend answered wrongly or not at all: a short reason for the log.
+    #[error("{0}")]
     Failed(Cow<'static, str>),
     /// No answer within the timeout.
+    #[error("timed out")]
     TimedOut,
 }
 
@@ -140,15 +137,6 @@ impl ProbeError {
             io::ErrorKind::UnexpectedEof => Self::failed("connection closed"),
             io::ErrorKind::TimedOut => ProbeError::TimedOut,
             _ => Self::failed(e.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProbeError::Failed(reason) => f.write_str(reason),
-            ProbeError::TimedOut => f.write_str("timed out"),
         }
     }
 }
@@ -280,7 +268,7 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Head, ProbeEr
             return Err(ProbeError::failed("connection closed before a response"));
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&buf) {
             Ok(httparse::Status::Partial) => continue,

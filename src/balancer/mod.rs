@@ -6,8 +6,10 @@
 //! next one") and the key fallback live here so each strategy stays pure and unit-testable.
 
 pub mod hash;
+pub mod health;
 pub mod key;
 mod least_conn;
+pub mod pacing;
 pub mod registry;
 mod round_robin;
 mod sticky_hash;
@@ -45,6 +47,12 @@ pub struct Backend {
     draining: AtomicBool,
     /// Counts drains, so a drain timer knows whether its drain is still the current one.
     drain_epoch: AtomicU32,
+    /// Token bucket on new upgrades (`max_upgrades_per_second`).
+    pub pacing: pacing::Pacing,
+    /// When the backend's slow start began (process clock, ms; 0: none running).
+    ramp_start_ms: AtomicU64,
+    /// Length of a slow start, ms (0: off).
+    slow_start_ms: AtomicU64,
     /// Metric handles for this backend.
     pub metrics: BackendMetrics,
 }
@@ -99,6 +107,9 @@ impl Backend {
             health: AtomicU8::new(Health::Unknown as u8),
             draining: AtomicBool::new(false),
             drain_epoch: AtomicU32::new(0),
+            pacing: pacing::Pacing::default(),
+            ramp_start_ms: AtomicU64::new(0),
+            slow_start_ms: AtomicU64::new(0),
             metrics: metrics.backend(upstream, &server.name),
         })
     }
@@ -127,10 +138,45 @@ impl Backend {
         }
     }
 
-    /// Records a health-check verdict and publishes the state.
+    /// Records a health-check verdict and publishes the state. A backend that comes back up
+    /// ramps in (slow start).
     pub fn set_health(&self, health: Health) {
-        self.health.store(health as u8, Ordering::Relaxed);
+        let before = self.health.swap(health as u8, Ordering::Relaxed);
+        if before == Health::Down as u8 && health == Health::Up {
+            self.start_ramp();
+        }
         self.publish_state();
+    }
+
+    /// Sets the upstream's slow start length (a reload may change it).
+    pub fn set_slow_start(&self, slow_start: Duration) {
+        self.slow_start_ms
+            .store(slow_start.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts a slow start: the share ramps from 10 % to 100 % over `slow_start`.
+    pub fn start_ramp(&self) {
+        if self.slow_start_ms.load(Ordering::Relaxed) > 0 {
+            self.ramp_start_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The weight least-conn and round-robin use: during a slow start, a share of it growing
+    /// linearly from 10 % to 100 %, in thousandths of a weight unit.
+    pub fn effective_weight_milli(&self) -> u64 {
+        let full = u64::from(self.weight()) * 1000;
+        let started = self.ramp_start_ms.load(Ordering::Relaxed);
+        if started == 0 {
+            return full;
+        }
+        let length = self.slow_start_ms.load(Ordering::Relaxed).max(1);
+        let elapsed = now_ms().saturating_sub(started);
+        if elapsed >= length {
+            self.ramp_start_ms.store(0, Ordering::Relaxed);
+            return full;
+        }
+        let share = 100 + 900 * elapsed / length; // per mille
+        (full * share / 1000).max(1)
     }
 
     /// Whether the backend is draining.
@@ -396,14 +442,20 @@ impl Balancer {
 /// Milliseconds on the process-wide clock (never 0), so that passive-failure times mean the same
 /// in every balancer a reload builds.
 pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    process_epoch().elapsed().as_millis() as u64 + 1
 }
 
-/// Compares `a.live / a.weight` with `b.live / b.weight` without division.
+/// The start of the process-wide clock.
+fn process_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Compares `a.live / a.weight` with `b.live / b.weight` without division (weights as slow
+/// start has them now).
 fn load_less(a: &Backend, b: &Backend) -> std::cmp::Ordering {
-    let la = a.live() as u64 * b.weight() as u64;
-    let lb = b.live() as u64 * a.weight() as u64;
+    let la = a.live() as u64 * b.effective_weight_milli();
+    let lb = b.live() as u64 * a.effective_weight_milli();
     la.cmp(&lb)
 }
 

@@ -40,6 +40,8 @@ impl BackendRegistry {
                     backend
                 });
                 backend.set_weight(server.weight);
+                backend.set_slow_start(upstream.slow_start);
+                backend.pacing.configure(upstream.upgrade_pacing);
                 backend.clone()
             })
             .collect();

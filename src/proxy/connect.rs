@@ -12,7 +12,11 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{ClientProtocol, Snapshot};
+use crate::balancer::pacing::{Admit, now_ns};
 use crate::balancer::{Balancer, Pick, Tried};
+
+/// How long an upgrade may wait for a token of its backend's bucket before it gets 503.
+const MAX_PACING_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::error::ProxyError;
 
 /// A backend connection, plain or TLS. An enum rather than a boxed trait object: the tunnel
@@ -76,6 +80,16 @@ pub async fn connect(
     loop {
         let pick = snap.pick(upstream, key, &mut tried)?;
         let backend = pick.lease.backend().clone();
+        match backend.pacing.admit(now_ns(), MAX_PACING_WAIT) {
+            Admit::Now => {}
+            Admit::After(wait) => tokio::time::sleep(wait).await,
+            Admit::Refused => {
+                return Err(ProxyError::RateLimited {
+                    upstream: balancer.name.clone(),
+                    backend: backend.name.clone(),
+                });
+            }
+        }
         let attempt = tokio::time::timeout(snap.timeouts.connect, async {
             let stream = TcpStream::connect(backend.addr).await?;
             // Small WebSocket frames must not wait for Nagle.

@@ -237,6 +237,22 @@ pub async fn handle(
                 status = error.status().as_u16(), error = %http::error_chain(&error), "request failed"),
             Blame::Client => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
                 status = error.status().as_u16(), error = %http::error_chain(&error), "request refused"),
+            Blame::Overload => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
+                status = error.status().as_u16(), error = %http::error_chain(&error), "request shed"),
+        }
+        if upgrade {
+            let reason = match &error {
+                ProxyError::NoBackend { .. } => Some("no_backend"),
+                ProxyError::RateLimited { .. } => Some("rate_limited"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                proxy
+                    .metrics
+                    .upgrades_rejected_total
+                    .with_label_values(&[upstream_name.as_str(), reason])
+                    .inc();
+            }
         }
         error_response(&error)
     });
@@ -284,5 +300,10 @@ pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let Some(seconds) = error.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
     response
 }

@@ -100,6 +100,8 @@ struct Entry {
     control: Arc<Control>,
     /// For closing the tunnels of one backend (drains).
     backend: Arc<Backend>,
+    /// A close was already asked of it (a rebalance does not count it as movable again).
+    asked: bool,
 }
 
 #[derive(Default)]
@@ -161,11 +163,13 @@ impl TunnelRegistry {
             inner.requests.insert(id, request);
             control.ring();
         }
+        let asked = inner.closing_all.is_some();
         inner.tunnels.insert(
             id,
             Entry {
                 control: control.clone(),
                 backend,
+                asked,
             },
         );
         Registration {
@@ -194,7 +198,8 @@ impl TunnelRegistry {
         let inner = &mut *inner;
         inner.closing_all = Some(all);
         let n = inner.tunnels.len().max(1) as f64;
-        for (i, (id, entry)) in inner.tunnels.iter().enumerate() {
+        for (i, (id, entry)) in inner.tunnels.iter_mut().enumerate() {
+            entry.asked = true;
             let slot = (i as f64 + rand::random::<f64>()) / n;
             let start = now + all.spread.mul_f64(slot);
             let request = CloseRequest {
@@ -216,9 +221,12 @@ impl TunnelRegistry {
         let inner = &mut *inner;
         let chosen: Vec<(u64, Arc<Control>)> = inner
             .tunnels
-            .iter()
+            .iter_mut()
             .filter(|(_, e)| Arc::ptr_eq(&e.backend, backend))
-            .map(|(id, e)| (*id, e.control.clone()))
+            .map(|(id, e)| {
+                e.asked = true;
+                (*id, e.control.clone())
+            })
             .collect();
         let n = chosen.len().max(1) as f64;
         for (i, (id, control)) in chosen.iter().enumerate() {
@@ -234,6 +242,40 @@ impl TunnelRegistry {
             deliver(&mut inner.requests, *id, request, control);
         }
         chosen.len()
+    }
+
+    /// Moves load off `backend`: of its tunnels not yet asked to close, keeps `keep` and asks
+    /// the youngest of the rest (at most `max`) to close with `all.code` now. Youngest first:
+    /// they have the least session state to rebuild, and the longest-lived ones, which have
+    /// proved stable, stay. Returns how many were asked.
+    pub fn shed(&self, backend: &Arc<Backend>, keep: usize, max: usize, all: CloseAll) -> usize {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut movable: Vec<u64> = inner
+            .tunnels
+            .iter()
+            .filter(|(_, e)| !e.asked && Arc::ptr_eq(&e.backend, backend))
+            .map(|(id, _)| *id)
+            .collect();
+        if movable.len() <= keep {
+            return 0;
+        }
+        let n = (movable.len() - keep).min(max);
+        movable.sort_unstable_by(|a, b| b.cmp(a));
+        for id in &movable[..n] {
+            let entry = inner.tunnels.get_mut(id).expect("listed above");
+            entry.asked = true;
+            let request = CloseRequest {
+                reason: all.reason,
+                to_client: Some(all.code),
+                to_backend: Some(all.code),
+                start: now,
+                deadline: now + all.linger,
+            };
+            deliver(&mut inner.requests, *id, request, &entry.control);
+        }
+        n
     }
 
     /// Ends every tunnel now, politely or not (the shutdown grace period is over).
