@@ -303,11 +303,7 @@ fn backend_states(json: &str) -> Vec<(&str, &str)> {
 /// Makes the admin call and answers with the admin listener's status and JSON.
 async fn relay(admin: SocketAddr, method: Method, path: &str) -> Response<ResponseBody> {
     match admin_call(admin, method, path).await {
-        Ok((status, body)) => {
-            let mut response = json(status, String::new());
-            *response.body_mut() = ResponseBody::text(body);
-            response
-        }
+        Ok((status, body)) => json(status, body),
         Err(e) => admin_unreachable(&e),
     }
 }
@@ -362,7 +358,7 @@ fn error_json(message: &str) -> String {
     )
 }
 
-fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
     reply(status, "application/json", body)
 }
 
@@ -438,6 +434,9 @@ where
             },
         }
     }
+    // Answers a peer's Close (or sends one), so that the closing handshake ends now rather than
+    // when switchboard's linger runs out.
+    let _ = out.close().await;
     let _ = sender.send(format!(
         r#"{{"type":"leave","from":{}}}"#,
         json_string(&user)

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod frontend;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -26,12 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
 
 pub use config::Config;
+use frontend::Frontend;
 use metrics::Metrics;
-use proxy::{ConnectionGuard, Proxy};
+use proxy::Proxy;
 use reload::Reloader;
 pub use shutdown::Shutdown;
 use tls::server::TlsTerminator;
@@ -101,36 +101,27 @@ pub async fn run(
     metrics
         .config_last_reload_success_timestamp_seconds
         .set(reload::unix_now());
-    let reloader = Reloader::start(proxy.clone(), terminator.clone(), config.path.clone());
+    let frontend = Frontend::start(
+        proxy.clone(),
+        terminator.clone(),
+        config.limits.max_connections,
+        [
+            (frontend::Kind::Plain, listeners.plain),
+            (frontend::Kind::Tls, listeners.tls),
+        ],
+    );
+    let reloader = Reloader::start(proxy.clone(), terminator, frontend.clone());
     if config.path.is_some() {
         reload::watch_sighup(reloader.clone(), shutdown.clone());
     }
     if let Some(admin) = listeners.admin {
         tokio::spawn(admin::serve(admin, proxy.clone(), reloader.clone()));
     }
+    let connections = frontend.connections.clone();
 
-    // One connection limit across all listeners.
-    let slots = Arc::new(Semaphore::new(config.limits.max_connections));
-    let connections = TaskTracker::new();
-    let mut accepting = Vec::new();
-    for (listener, tls) in [(listeners.plain, None), (listeners.tls, terminator)] {
-        let Some(listener) = listener else { continue };
-        let (proxy, metrics) = (proxy.clone(), metrics.clone());
-        accepting.push(tokio::spawn(listener::accept_loop(
-            listener,
-            slots.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            connections.clone(),
-            move |stream, peer, permit| {
-                let guard = ConnectionGuard::new(permit, metrics.connections_active.clone());
-                // Limits as configured now: a reload applies them to new connections.
-                let limits = proxy.snapshot().config.limits.clone();
-                server::serve_connection(proxy.clone(), limits, stream, peer, guard, tls.clone())
-            },
-        )));
-    }
     shutdown.drain_token().cancelled().await;
+    // The config in force now (a reload may have changed the shutdown settings).
+    let config = proxy.snapshot().config.clone();
     let grace_end = tokio::time::Instant::now() + config.timeouts.shutdown_grace;
     tracing::info!(
         delay_s = config.timeouts.shutdown_delay.as_secs_f64(),
@@ -141,9 +132,7 @@ pub async fn run(
         _ = shutdown.hurry_token().cancelled() => {}
     }
     shutdown.stop_token().cancel();
-    for task in accepting {
-        let _ = task.await;
-    }
+    frontend.stopped().await;
 
     // Connections finish their requests; tunnels are closed politely, spread over the window.
     connections.close();

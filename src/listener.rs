@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// Pause after running out of descriptors, so the loop does not spin while none are free.
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
@@ -43,19 +43,20 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     rlimit::Resource::NOFILE.get()
 }
 
-/// Accepts until draining starts, handing each connection with its slot to `serve`.
+/// Accepts until `stop` (the shutdown's, or a reload that moved the listener), handing each
+/// connection with its slot to `serve`.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     metrics: Metrics,
-    shutdown: Shutdown,
+    stop: CancellationToken,
     connections: TaskTracker,
     serve: F,
 ) where
     F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let drain = shutdown.stop_token().clone();
+    let drain = stop;
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::frontend::{Frontend, Kind};
 use crate::proxy::Proxy;
 use crate::tls::server::TlsTerminator;
 
@@ -19,22 +20,26 @@ use crate::tls::server::TlsTerminator;
 pub struct Reloader {
     proxy: Arc<Proxy>,
     terminator: Option<Arc<TlsTerminator>>,
+    frontend: Arc<Frontend>,
     path: Option<PathBuf>,
     /// Held while a reload runs (reloads never overlap); stops the tasks tied to one config.
     running: tokio::sync::Mutex<CancellationToken>,
 }
 
 impl Reloader {
-    /// A reloader for the config read from `path` (`None`: reloads are refused), and starts the
+    /// A reloader for the config file the running config came from (none: reloads are
+    /// refused), and starts the
     /// per-config tasks (certificate watching, health checks) of the running config.
     pub fn start(
         proxy: Arc<Proxy>,
         terminator: Option<Arc<TlsTerminator>>,
-        path: Option<PathBuf>,
+        frontend: Arc<Frontend>,
     ) -> Arc<Self> {
+        let path = proxy.snapshot().config.path.clone();
         let reloader = Arc::new(Reloader {
             proxy,
             terminator,
+            frontend,
             path,
             running: tokio::sync::Mutex::new(CancellationToken::new()),
         });
@@ -89,10 +94,34 @@ impl Reloader {
             .map_err(|e| format!("config validation did not finish: {e}"))?
             .map_err(|e| format!("error: {e}"))?;
         self.check_fixed(&config)?;
+        // Moved listeners: every new address bound before anything changes.
+        let mut moved = Vec::new();
+        for (kind, next) in [
+            (Kind::Plain, config.plain_listen()),
+            (Kind::Tls, config.tls_listen()),
+        ] {
+            let now = self.proxy.snapshot();
+            let before = match kind {
+                Kind::Plain => now.config.plain_listen(),
+                Kind::Tls => now.config.tls_listen(),
+            };
+            if let Some(addr) = next
+                && before != next
+            {
+                let listener = self
+                    .frontend
+                    .bind(kind, addr)
+                    .map_err(|e| format!("error: {e}"))?;
+                moved.push((kind, listener));
+            }
+        }
         if let (Some(terminator), Some(tls)) = (&self.terminator, &config.tls) {
             terminator.replace(tls);
         }
         let applied = self.proxy.apply(config);
+        for (kind, listener) in moved {
+            self.frontend.replace(kind, listener);
+        }
         for backend in &applied.joined {
             tracing::info!(backend = %backend.name, "backend joined");
             backend.start_ramp();
@@ -105,32 +134,39 @@ impl Reloader {
         Ok(stop)
     }
 
-    /// What a running process cannot take from a new config.
+    /// What a running process cannot take from a new config: a listener added or removed (TLS
+    /// switched on or off), or a moved admin listener.
     fn check_fixed(&self, next: &Config) -> Result<(), String> {
         let running = self.proxy.snapshot();
         let now = &running.config;
-        let moved = |what: &str, a: String, b: String| {
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+        let restart = |what: &str, a: String, b: String| {
             Err(format!(
-                "error: `{what}` changed from {a} to {b}; listeners are not moved by a reload: restart switchboard for that"
+                "error: `{what}` changed from {a} to {b}; that takes a restart (a reload moves listeners but does not add or remove them)"
             ))
         };
-        let show = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
-        if now.plain_listen() != next.plain_listen() {
-            return moved(
+        if now.plain_listen().is_some() != next.plain_listen().is_some() {
+            return restart(
                 "listen",
                 show(now.plain_listen()),
                 show(next.plain_listen()),
             );
         }
-        if now.tls_listen() != next.tls_listen() {
-            return moved(
+        if now.tls_listen().is_some() != next.tls_listen().is_some() {
+            return restart(
                 "tls.listen",
                 show(now.tls_listen()),
                 show(next.tls_listen()),
             );
         }
         if now.admin != next.admin {
-            return moved("admin.listen", show(now.admin), show(next.admin));
+            return restart("admin.listen", show(now.admin), show(next.admin));
+        }
+        if now.limits.max_connections != next.limits.max_connections {
+            return Err(format!(
+                "error: `limits.max_connections` changed from {} to {}; that takes a restart",
+                now.limits.max_connections, next.limits.max_connections
+            ));
         }
         Ok(())
     }
@@ -163,6 +199,12 @@ impl Reloader {
 fn start_health_checks(proxy: &Proxy, snap: &crate::proxy::Snapshot, stop: &CancellationToken) {
     for (i, upstream) in snap.config.upstreams.iter().enumerate() {
         let Some(check) = &upstream.health_check else {
+            // Checks removed by this config: no verdict of theirs may keep a backend down.
+            for backend in snap.balancers[i].backends() {
+                if backend.health() != crate::balancer::Health::Unknown {
+                    backend.set_health(crate::balancer::Health::Unknown);
+                }
+            }
             continue;
         };
         let name: Arc<str> = upstream.name.as_str().into();

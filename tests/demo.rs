@@ -183,6 +183,8 @@ async fn draining_a_rooms_backend_moves_its_members_together() {
 
     assert_eq!(close_code(&mut alice).await, CloseCode::Away);
     assert_eq!(close_code(&mut bob).await, CloseCode::Away);
+    // Their sockets end, as a browser's do after a Close.
+    drop((alice, bob));
 
     let mut alice = ws_connect(&sb.ws_url("/chat?room=r&name=alice")).await;
     let welcome_a = next_json(&mut alice).await;

@@ -336,3 +336,156 @@ async fn admin_endpoints_need_the_token_when_one_is_configured() {
     assert_eq!(http_get(sb.admin, "/readyz", &[]).await.status, 200);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn reload_moves_the_listener_and_keeps_the_tunnels_of_the_old_one() {
+    let a = EchoBackend::start_greeting("a").await;
+    let body = chat(&[&a], "30s");
+    let (sb, file) = Switchboard::start_file(&body).await;
+    let (mut old, _) = connect(&sb).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    file.write_raw(&format!(
+        "listen = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{body}"
+    ));
+    let moved = sb.admin_post("/admin/reload", &[]).await;
+    assert_eq!(moved.status, 200, "{}", moved.body_text());
+    // The new address serves; the old one no longer accepts; the tunnel from before lives on.
+    let mut fresh = ws_connect(&format!("ws://127.0.0.1:{port}/chat")).await;
+    assert_eq!(next(&mut fresh).await, Message::text("a"));
+    eventually("old listener closed", || async {
+        tokio::net::TcpStream::connect(sb.addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    echo(&mut old, "across the move").await;
+
+    // A port that cannot be bound fails the reload and changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    file.write_raw(&format!(
+        "listen = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        taken.local_addr().unwrap(),
+        chat(&[], "30s").replace("servers = []", &format!("servers = [\"{}\"]", a.addr))
+    ));
+    let refused = sb.admin_post("/admin/reload", &[]).await;
+    assert_eq!(refused.status, 400, "{}", refused.body_text());
+    assert!(
+        refused.body_text().contains("cannot listen on"),
+        "{}",
+        refused.body_text()
+    );
+    let mut again = ws_connect(&format!("ws://127.0.0.1:{port}/chat")).await;
+    assert_eq!(next(&mut again).await, Message::text("a"));
+    drop((old, fresh, again));
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn reload_changes_the_certificate_for_new_handshakes() {
+    use support::tls::{TempDir, TestCa, peer_names, tls_connect};
+    let a = EchoBackend::start("a").await;
+    let ca = TestCa::new("reload CA");
+    let dir = TempDir::new("reload-cert");
+    let (old_cert, old_key) = ca.write_leaf(&dir, "old", &["old.test"]);
+    let (new_cert, new_key) = ca.write_leaf(&dir, "new", &["new.test"]);
+    let body = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[route]]\nupstream = \"chat\"\n[upstream.chat]\nservers = [\"{}\"]\n",
+            cert.display(),
+            key.display(),
+            a.addr
+        )
+    };
+    let (sb, file) = Switchboard::start_file_with(&body(&old_cert, &old_key), true).await;
+    let client = ca.client_config(&[b"http/1.1"]);
+    let before = tls_connect(sb.addr, "old.test", client.clone()).await;
+    assert_eq!(peer_names(&before), vec!["old.test"]);
+    file.write(&body(&new_cert, &new_key));
+    assert_eq!(sb.admin_post("/admin/reload", &[]).await.status, 200);
+    let after = tls_connect(sb.addr, "new.test", client).await;
+    assert_eq!(peer_names(&after), vec!["new.test"]);
+    drop((before, after));
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_binary() {
+    let a = EchoBackend::start_greeting("a").await;
+    let b = EchoBackend::start_greeting("b").await;
+    let dir = support::tls::TempDir::new("sighup");
+    let file = dir.path("switchboard.toml");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let write = |backend: &EchoBackend| {
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[[route]]\nupstream = \"chat\"\n[upstream.chat]\nservers = [\"{}\"]\n",
+                backend.addr
+            ),
+        )
+        .unwrap()
+    };
+    write(&a);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let greeting = || async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{listen}/chat"))
+            .await
+            .ok()?;
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(name)))) => Some(name.to_string()),
+            _ => None,
+        }
+    };
+    assert_eq!(eventually("binary serving", greeting).await, "a");
+    write(&b);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually("reloaded by SIGHUP", || async {
+        (greeting().await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    let metrics = http_get(admin, "/metrics", &[]).await.body_text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchboard_config_reloads_total",
+            &[("result", "ok")]
+        ),
+        1.0
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -161,6 +161,17 @@ impl Backend {
         }
     }
 
+    /// Whether a round-robin turn goes to this backend: always, except during a slow start,
+    /// when it does with the probability of the current share.
+    fn takes_turn(&self) -> bool {
+        if self.ramp_start_ms.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let full = u64::from(self.weight()) * 1000;
+        let share = self.effective_weight_milli();
+        share >= full || rand::random::<u64>() % full < share
+    }
+
     /// The weight least-conn and round-robin use: during a slow start, a share of it growing
     /// linearly from 10 % to 100 %, in thousandths of a weight unit.
     pub fn effective_weight_milli(&self) -> u64 {
@@ -400,7 +411,11 @@ impl Balancer {
     fn choose(&self, key: Option<u64>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         match (&self.strategy, key) {
             (Strategy::LeastConn(s), _) => s.choose(&self.backends, eligible),
-            (Strategy::RoundRobin(s), _) => s.choose(eligible),
+            // Slow start in a fixed cycle: a ramping backend takes its turn with the
+            // probability of its current share, else the turn passes on.
+            (Strategy::RoundRobin(s), _) => s
+                .choose(&|i| eligible(i) && self.backends[i].takes_turn())
+                .or_else(|| s.choose(eligible)),
             (Strategy::StickyHash(s), Some(key)) => s.choose(&self.backends, key, eligible),
             (Strategy::StickyHash(_), None) => {
                 self.metrics.fallback.inc();

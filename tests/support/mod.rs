@@ -113,6 +113,11 @@ impl ConfigFile {
     pub fn write(&self, body: &str) {
         std::fs::write(&self.path, with_listeners(body)).unwrap();
     }
+
+    /// Replaces the whole file, listener lines included.
+    pub fn write_raw(&self, text: &str) {
+        std::fs::write(&self.path, text).unwrap();
+    }
 }
 
 fn with_listeners(body: &str) -> String {
@@ -122,6 +127,11 @@ fn with_listeners(body: &str) -> String {
 impl Switchboard {
     /// Starts switchboard from a config *file* holding `body`, so that it can be reloaded.
     pub async fn start_file(body: &str) -> (Switchboard, ConfigFile) {
+        Self::start_file_with(body, false).await
+    }
+
+    /// Like [`Switchboard::start_file`]; with `tls`, `listen` is the TLS listener.
+    pub async fn start_file_with(body: &str, tls: bool) -> (Switchboard, ConfigFile) {
         let dir = tls::TempDir::new("reload");
         let file = ConfigFile {
             path: dir.path("switchboard.toml"),
@@ -130,7 +140,7 @@ impl Switchboard {
         file.write(body);
         let config = switchboard::config::load(&file.path)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-        (Self::run_config(config, false).await, file)
+        (Self::run_config(config, tls).await, file)
     }
 
     /// POST `path` on the admin listener.
