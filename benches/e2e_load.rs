@@ -16,21 +16,41 @@
 //!   WebSocket server would send, so switchboard's frame tracker sees valid framing both ways;
 //! - shutdown: N idle tunnels, SIGTERM, and the time until every client got its Close frame,
 //!   with the peak rate of Closes per 100 ms (what the backends would see as reconnects).
+//! - reload (switchboard only; admin listener on): E2E_CLIENTS clients doing 64 B echo for 21 s
+//!   (1 s warm-up, 5 s steady, 10 s with one `POST /admin/reload` a second, the config file
+//!   alternating between two equivalent contents so every reload applies a new snapshot, 5 s
+//!   steady). Each round trip is kept with its completion time, so the same run gives the
+//!   throughput of the second after each reload against the median steady second, p99 latency
+//!   of the reload window against the steady seconds, and tunnels lost (clients that saw an
+//!   error or EOF). CPU per reload: utime + stime of the reload window minus that of the 10
+//!   steady seconds, divided by the reloads; and, since that is within the load's noise, the
+//!   CPU of 10 back-to-back reloads with no load (ticks, and schedstat nanoseconds).
+//! - drain (switchboard only): E2E_IDLE idle tunnels (each used once) split by least-conn over
+//!   two echo backends A and B; `POST /admin/upstreams/echo/backends/A/drain` with
+//!   `[drain] timeout = "1s"`, spread E2E_SPREAD, `close_linger = "5s"`. Each client whose
+//!   tunnel closes answers the Close and reconnects at once (one echo), so it lands on B. Times:
+//!   the POST until A has no tunnels (`GET /admin/upstreams` every 100 ms) and until the last
+//!   client is back; the peak rate of upgrades reaching B (counted at B's accept, per 100 ms).
+//!   Run twice: without pacing, and with `max_upgrades_per_second = 200`, `upgrade_burst = 50`
+//!   (refused clients retry after Retry-After, capped at 1 s, at most 60 attempts).
 //!
 //! Run: `cargo bench --bench e2e_load`. Environment: E2E_CLIENTS (50), E2E_SECONDS (5),
-//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle,shutdown,wss_echo64,
-//! wss_handshake,wss_idle), E2E_PROXIES (switchboard,nginx,haproxy), E2E_PROXY_THREADS (tokio
-//! workers of switchboard; default: cores), E2E_SPREAD (drain.spread of the shutdown run, 5s),
-//! E2E_BASELINE_BIN (another switchboard binary, run side by side as "switchboard-before").
+//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle,shutdown,reload,drain,
+//! wss_echo64,wss_handshake,wss_idle), E2E_PROXIES (switchboard,nginx,haproxy),
+//! E2E_PROXY_THREADS (tokio workers of switchboard; default: cores), E2E_SPREAD (drain.spread
+//! of the shutdown and drain runs, 5s), E2E_BASELINE_BIN (another switchboard binary, run side
+//! by side as "switchboard-before").
 //! nginx and HAProxy are measured too when installed (`apt-get install nginx-light haproxy`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -44,6 +64,19 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// Echo backend: answers the upgrade, then echoes bytes.
 async fn echo_backend() -> SocketAddr {
+    echo_backend_noting(None).await
+}
+
+/// When each upgrade request reached a backend.
+type Upgrades = Arc<std::sync::Mutex<Vec<Instant>>>;
+
+/// An [`echo_backend`] that notes the arrival of every upgrade request.
+async fn echo_backend_counted() -> (SocketAddr, Upgrades) {
+    let upgrades = Upgrades::default();
+    (echo_backend_noting(Some(upgrades.clone())).await, upgrades)
+}
+
+async fn echo_backend_noting(upgrades: Option<Upgrades>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
@@ -53,10 +86,14 @@ async fn echo_backend() -> SocketAddr {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
+            let upgrades = upgrades.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 if read_head(&mut stream).await.is_none() {
                     return;
+                }
+                if let Some(upgrades) = upgrades {
+                    upgrades.lock().expect("upgrades").push(Instant::now());
                 }
                 let reply = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
@@ -281,6 +318,38 @@ struct Proxy {
     dir: std::path::PathBuf,
 }
 
+/// switchboard's config: `listen`, `extra`, limits, TLS, one route to upstream `echo` (least-conn
+/// over `backends`, then `upstream_extra`).
+fn switchboard_toml(
+    addr: SocketAddr,
+    backends: &[SocketAddr],
+    tls: Option<&TlsFiles>,
+    extra: &str,
+    upstream_extra: &str,
+) -> String {
+    let servers: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "listen = \"{addr}\"\n{extra}\n[limits]\nmax_connections = 19000\n{}[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [{}]\n{upstream_extra}",
+        tls.map_or(String::new(), |t| format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            t.cert.display(),
+            t.key.display()
+        )),
+        servers.join(", ")
+    )
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> Option<u16> {
+    Some(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    )
+}
+
 /// Finds an executable on PATH or in /usr/sbin.
 fn find(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -307,11 +376,20 @@ impl Proxy {
         tls: Option<&TlsFiles>,
         extra: &str,
     ) -> Option<Proxy> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        Self::start_full(name, &[backend], tls, extra, "").await
+    }
+
+    /// Like [`Proxy::start_with`], with every backend in `backends` (nginx and HAProxy use the
+    /// first) and `upstream_extra`, TOML added to switchboard's `[upstream.echo]`.
+    async fn start_full(
+        name: &'static str,
+        backends: &[SocketAddr],
+        tls: Option<&TlsFiles>,
+        extra: &str,
+        upstream_extra: &str,
+    ) -> Option<Proxy> {
+        let backend = *backends.first()?;
+        let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
         let dir = std::env::temp_dir().join(format!(
             "switchboard-e2e-{}-{name}-{port}",
@@ -323,14 +401,7 @@ impl Proxy {
                 let config = dir.join("bench.toml");
                 std::fs::write(
                     &config,
-                    format!(
-                        "listen = \"{addr}\"\n{extra}\n[limits]\nmax_connections = 19000\n{}[[route]]\nupstream = \"echo\"\n[upstream.echo]\nbalance = \"least-conn\"\nservers = [\"{backend}\"]\n",
-                        tls.map_or(String::new(), |t| format!(
-                            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-                            t.cert.display(),
-                            t.key.display()
-                        ))
-                    ),
+                    switchboard_toml(addr, backends, tls, extra, upstream_extra),
                 )
                 .ok()?;
                 let binary = match name {
@@ -405,6 +476,43 @@ impl Proxy {
             addr,
             dir,
         })
+    }
+
+    /// Rewrites switchboard's config file (whole, then renamed over the old one), for a reload.
+    fn rewrite_config(
+        &self,
+        backends: &[SocketAddr],
+        extra: &str,
+        upstream_extra: &str,
+    ) -> std::io::Result<()> {
+        let next = self.dir.join("bench.toml.next");
+        std::fs::write(
+            &next,
+            switchboard_toml(self.addr, backends, None, extra, upstream_extra),
+        )?;
+        std::fs::rename(next, self.dir.join("bench.toml"))
+    }
+
+    /// CPU seconds of the process's live threads, from `/proc/PID/task/*/schedstat`
+    /// (nanoseconds on a CPU: finer than the 10 ms ticks of [`Proxy::stat`], but the time of a
+    /// thread that has exited is not counted).
+    fn cpu_fine(&self) -> f64 {
+        let ns: u64 = std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|task| {
+                        std::fs::read_to_string(task.path().join("schedstat"))
+                            .ok()?
+                            .split_whitespace()
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        ns as f64 / 1e9
     }
 
     /// The process and its direct children (nginx's workers), by PID.
@@ -572,6 +680,501 @@ async fn shutdown_closes(
         peak_per_s: buckets.values().copied().max().unwrap_or(0) as f64 * 10.0,
         with_close,
         exited,
+    })
+}
+
+/// Waits (up to 10 s) until something accepts on `addr`.
+async fn wait_listening(addr: SocketAddr) -> Option<()> {
+    let ready = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        if ready.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Some(())
+}
+
+/// One HTTP/1.1 request without a body to switchboard's admin listener: `(status, body)`.
+async fn admin_call(admin: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(admin).await.ok()?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_owned());
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()?
+}
+
+/// Live tunnels of `backend` in upstream `echo`, from `GET /admin/upstreams`.
+async fn backend_tunnels(admin: SocketAddr, backend: SocketAddr) -> Option<u64> {
+    let (200, body) = admin_call(admin, "GET", "/admin/upstreams").await? else {
+        return None;
+    };
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let name = backend.to_string();
+    json["upstreams"]
+        .as_array()?
+        .iter()
+        .find(|u| u["name"] == "echo")?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == name.as_str())?["tunnels"]
+        .as_u64()
+}
+
+/// The value at share `p` of sorted `values` (0 when empty).
+fn percentile(values: &[u32], p: f64) -> u32 {
+    values
+        .get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The median of `values` (0.0 when empty).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Reloads per reload run, one a second.
+const RELOADS: usize = 10;
+
+/// What echo clients saw while switchboard reloaded its config once a second, and what the
+/// reloads cost it.
+struct ReloadResult {
+    /// Reloads answered 200.
+    ok: usize,
+    /// `POST /admin/reload` round trips, median and largest, ms.
+    post_ms: (f64, f64),
+    /// Median steady second, messages.
+    steady_per_s: f64,
+    /// Messages in the second after each reload over the median steady second: least, median.
+    dip: (f64, f64),
+    /// The same for the first 100 ms after each reload against the median steady 100 ms.
+    dip_100ms: f64,
+    /// p99 and largest round trip, µs: in the reload window, in the steady seconds.
+    reload_us: (u32, u32),
+    steady_us: (u32, u32),
+    /// Clients that got an error or EOF before the end, and clients that did not connect.
+    lost: usize,
+    not_opened: usize,
+    /// CPU seconds of switchboard: the 10 s with reloads, the 10 steady seconds.
+    cpu_reload_s: f64,
+    cpu_steady_s: f64,
+    /// CPU ms per reload with no load: from utime + stime, from schedstat.
+    idle_ms: (f64, f64),
+}
+
+/// `clients` 64 B echo clients through switchboard for 21 s: 1 s warm-up, 5 s steady, 10 s
+/// with a reload every second, 5 s steady; then 10 reloads back to back with no load.
+async fn reload_under_load(backend: SocketAddr, clients: usize) -> Option<ReloadResult> {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().ok()?;
+    // Equivalent contents: only a timeout no request of the bench waits for differs.
+    let configs = ["60s", "61s"].map(|request| {
+        format!("[admin]\nlisten = \"{admin}\"\n[timeouts]\nrequest = \"{request}\"")
+    });
+    let proxy = Proxy::start_full("switchboard", &[backend], None, &configs[0], "").await?;
+    wait_listening(admin).await?;
+    let warm = Duration::from_secs(1);
+    let half = Duration::from_secs(5);
+    let window = Duration::from_secs(RELOADS as u64);
+    let total = warm + half + window + half;
+    let message = Arc::new(frame(64));
+    let start = Instant::now();
+    let end = start + total;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (message, addr) = (message.clone(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            // (completed at, µs since start; round trip, µs)
+            let mut samples: Vec<(u32, u32)> = Vec::new();
+            let Some(mut stream) = open(addr, &Transport::Plain).await else {
+                return (samples, None);
+            };
+            let mut back = vec![0u8; message.len() - 4];
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                if stream.write_all(&message).await.is_err()
+                    || stream.read_exact(&mut back).await.is_err()
+                {
+                    return (samples, Some(true));
+                }
+                let done = Instant::now();
+                samples.push((
+                    (done - start).as_micros() as u32,
+                    (done - t0).as_micros() as u32,
+                ));
+            }
+            (samples, Some(false))
+        }));
+    }
+    let at = |offset: Duration| tokio::time::sleep_until((start + offset).into());
+    at(warm).await;
+    let cpu0 = proxy.stat().0;
+    at(warm + half).await;
+    let cpu1 = proxy.stat().0;
+    let mut reloaded_at = Vec::with_capacity(RELOADS);
+    let mut post_ms = Vec::with_capacity(RELOADS);
+    let mut ok = 0;
+    for i in 0..RELOADS {
+        at(warm + half + Duration::from_secs(i as u64)).await;
+        proxy
+            .rewrite_config(&[backend], &configs[(i + 1) % 2], "")
+            .ok()?;
+        let sent = Instant::now();
+        let reply = admin_call(admin, "POST", "/admin/reload").await;
+        post_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+        reloaded_at.push(sent - start);
+        ok += usize::from(matches!(reply, Some((200, _))));
+    }
+    at(warm + half + window).await;
+    let cpu2 = proxy.stat().0;
+    at(total).await;
+    let cpu3 = proxy.stat().0;
+
+    let (mut done, mut steady_lat, mut reload_lat) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lost, mut not_opened) = (0, 0);
+    let window_us = ((warm + half).as_micros() as u32)..((warm + half + window).as_micros() as u32);
+    for task in tasks {
+        let (samples, outcome) = task.await.unwrap_or_default();
+        match outcome {
+            None => not_opened += 1,
+            Some(cut) => lost += usize::from(cut),
+        }
+        for (at_us, rtt_us) in samples {
+            if at_us < warm.as_micros() as u32 {
+                continue;
+            }
+            done.push(at_us);
+            if window_us.contains(&at_us) {
+                reload_lat.push(rtt_us);
+            } else {
+                steady_lat.push(rtt_us);
+            }
+        }
+    }
+    done.sort_unstable();
+    steady_lat.sort_unstable();
+    reload_lat.sort_unstable();
+    let count = |from: Duration, len: Duration| {
+        let (a, b) = (from.as_micros() as u32, (from + len).as_micros() as u32);
+        (done.partition_point(|&t| t < b) - done.partition_point(|&t| t < a)) as f64
+    };
+    let steady_starts = |step: Duration| {
+        let per_half = (half.as_micros() / step.as_micros()) as u32;
+        (0..per_half)
+            .map(move |k| warm + step * k)
+            .chain((0..per_half).map(move |k| warm + half + window + step * k))
+    };
+    let second = Duration::from_secs(1);
+    let tenth = Duration::from_millis(100);
+    let steady_s = median(&mut steady_starts(second).map(|s| count(s, second)).collect::<Vec<_>>());
+    let steady_100 = median(&mut steady_starts(tenth).map(|s| count(s, tenth)).collect::<Vec<_>>());
+    let mut dips: Vec<f64> = reloaded_at
+        .iter()
+        .map(|&r| count(r, second) / steady_s.max(1.0))
+        .collect();
+    let dip_100ms = reloaded_at
+        .iter()
+        .map(|&r| count(r, tenth) / steady_100.max(1.0))
+        .fold(f64::INFINITY, f64::min);
+    let least = dips.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut post_sorted = post_ms.clone();
+    let post = (
+        median(&mut post_sorted),
+        post_ms.iter().copied().fold(0.0, f64::max),
+    );
+
+    // No load: 10 reloads back to back, once the clients are gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ticks0, fine0) = (proxy.stat().0, proxy.cpu_fine());
+    for i in 0..RELOADS {
+        proxy.rewrite_config(&[backend], &configs[i % 2], "").ok()?;
+        ok += 0;
+        if !matches!(
+            admin_call(admin, "POST", "/admin/reload").await,
+            Some((200, _))
+        ) {
+            println!("reload switchboard : a reload with no load failed");
+        }
+    }
+    let (ticks1, fine1) = (proxy.stat().0, proxy.cpu_fine());
+    Some(ReloadResult {
+        ok,
+        post_ms: post,
+        steady_per_s: steady_s,
+        dip: (least, median(&mut dips)),
+        dip_100ms,
+        reload_us: (
+            percentile(&reload_lat, 0.99),
+            reload_lat.last().copied().unwrap_or(0),
+        ),
+        steady_us: (
+            percentile(&steady_lat, 0.99),
+            steady_lat.last().copied().unwrap_or(0),
+        ),
+        lost,
+        not_opened,
+        cpu_reload_s: cpu2 - cpu1,
+        cpu_steady_s: (cpu1 - cpu0) + (cpu3 - cpu2),
+        idle_ms: (
+            (ticks1 - ticks0) * 1e3 / RELOADS as f64,
+            (fine1 - fine0) * 1e3 / RELOADS as f64,
+        ),
+    })
+}
+
+/// What an upgrade request got.
+enum Upgrade {
+    Open(TcpStream),
+    /// 503, with its Retry-After in seconds.
+    Refused(Option<u64>),
+    Failed,
+}
+
+/// Connects and asks for a WebSocket upgrade (plain TCP), reading the status and Retry-After.
+async fn upgrade(addr: SocketAddr) -> Upgrade {
+    let attempt = async {
+        let Ok(mut tcp) = TcpStream::connect(addr).await else {
+            return Upgrade::Failed;
+        };
+        let _ = tcp.set_nodelay(true);
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+        );
+        if tcp.write_all(request.as_bytes()).await.is_err() {
+            return Upgrade::Failed;
+        }
+        let mut head = Vec::with_capacity(256);
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tcp.read(&mut byte).await {
+                Ok(1) if head.len() <= 8192 => head.push(byte[0]),
+                _ => return Upgrade::Failed,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        if head.starts_with("HTTP/1.1 101") {
+            Upgrade::Open(tcp)
+        } else if head.starts_with("HTTP/1.1 503") {
+            Upgrade::Refused(head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("retry-after")
+                    .then(|| value.trim().parse().ok())?
+            }))
+        } else {
+            Upgrade::Failed
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), attempt)
+        .await
+        .unwrap_or(Upgrade::Failed)
+}
+
+/// Most upgrade attempts one client makes to get a tunnel.
+const MAX_ATTEMPTS: usize = 60;
+
+/// A tunnel to `addr`, trying again after a 503 (its Retry-After, capped at 1 s) or a failure
+/// (100 ms), up to [`MAX_ATTEMPTS`] times or until `cancel`: the stream, 503s seen, attempts.
+async fn upgrade_retrying(
+    addr: SocketAddr,
+    cancel: &CancellationToken,
+) -> (Option<TcpStream>, usize, usize) {
+    let mut refused = 0;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let pause = match upgrade(addr).await {
+            Upgrade::Open(stream) => return (Some(stream), refused, attempt),
+            Upgrade::Refused(after) => {
+                refused += 1;
+                Duration::from_secs(after.unwrap_or(1)).min(Duration::from_secs(1))
+            }
+            Upgrade::Failed => Duration::from_millis(100),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = cancel.cancelled() => return (None, refused, attempt),
+        }
+    }
+    (None, refused, MAX_ATTEMPTS)
+}
+
+/// A masked Close 1000: the client's answer in the closing handshake.
+const CLOSE_1000: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+
+/// One client whose tunnel was closed under it.
+struct Moved {
+    got_close: bool,
+    /// When its new tunnel carried its first echo.
+    back_at: Option<Instant>,
+    refused: usize,
+    attempts: usize,
+}
+
+/// A drain of backend A under idle tunnels, as the clients and the backends saw it.
+struct DrainResult {
+    /// Tunnels on A and on B before the drain (admin API), and how long opening them all took.
+    on_a: u64,
+    on_b: u64,
+    opened_in: Duration,
+    /// The drain POST until A had no tunnels.
+    empty_after: Option<Duration>,
+    /// Clients whose tunnel ended; with a Close frame; back on a new tunnel; given up.
+    closed: usize,
+    with_close: usize,
+    back: usize,
+    gave_up: usize,
+    /// The drain POST until the last client was back.
+    last_back: Option<Duration>,
+    /// Upgrades reaching B after the POST: in all, and the most in any 100 ms (per second).
+    at_b: usize,
+    peak_b_per_s: f64,
+    /// Upgrades reaching A after the POST (a draining backend should get none).
+    at_a: usize,
+    /// 503s the reconnecting clients got, and the most attempts one client needed.
+    refused: usize,
+    max_attempts: usize,
+}
+
+/// `n` idle tunnels over echo backends A and B, then A drained: every client closed reconnects
+/// at once (to B) and says one echo. `upstream_extra` is the upstream's pacing, if any.
+async fn drain_reconnects(n: usize, spread: &str, upstream_extra: &str) -> Option<DrainResult> {
+    let (a, upgrades_a) = echo_backend_counted().await;
+    let (b, upgrades_b) = echo_backend_counted().await;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().ok()?;
+    let extra = format!(
+        "[admin]\nlisten = \"{admin}\"\n[drain]\ntimeout = \"1s\"\nspread = \"{spread}\"\nclose_linger = \"5s\""
+    );
+    let proxy = Proxy::start_full("switchboard", &[a, b], None, &extra, upstream_extra).await?;
+    wait_listening(admin).await?;
+    let cancel = CancellationToken::new();
+    let settled = Arc::new(AtomicUsize::new(0));
+    let ping = Arc::new(frame(64));
+    let mut back = vec![0u8; ping.len() - 4];
+    let opening = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (Some(mut stream), _, _) = upgrade_retrying(proxy.addr, &cancel).await else {
+            println!("drain: could not open idle tunnel {}", clients.len());
+            return None;
+        };
+        stream.write_all(&ping).await.ok()?;
+        stream.read_exact(&mut back).await.ok()?;
+        let (cancel, settled, ping, addr) = (cancel.clone(), settled.clone(), ping.clone(), proxy.addr);
+        clients.push(tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            let read = tokio::select! {
+                read = stream.read(&mut first) => read,
+                _ = cancel.cancelled() => return None,
+            };
+            let got_close = matches!(read, Ok(1) if first[0] == 0x88);
+            if got_close {
+                let _ = stream.write_all(&CLOSE_1000).await;
+            }
+            // Reconnect once the old connection has ended (bounded), as a browser does.
+            let mut rest = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            })
+            .await;
+            drop(stream);
+            let (fresh, refused, attempts) = upgrade_retrying(addr, &cancel).await;
+            let mut held = None;
+            let mut back_at = None;
+            if let Some(mut fresh) = fresh {
+                let mut echo = vec![0u8; ping.len() - 4];
+                if fresh.write_all(&ping).await.is_ok() && fresh.read_exact(&mut echo).await.is_ok()
+                {
+                    back_at = Some(Instant::now());
+                    held = Some(fresh);
+                }
+            }
+            settled.fetch_add(1, Ordering::Relaxed);
+            cancel.cancelled().await;
+            drop(held);
+            Some(Moved {
+                got_close,
+                back_at,
+                refused,
+                attempts,
+            })
+        }));
+    }
+    let opened_in = opening.elapsed();
+    let (on_a, on_b) = (
+        backend_tunnels(admin, a).await?,
+        backend_tunnels(admin, b).await?,
+    );
+
+    let posted = Instant::now();
+    let drain = format!("/admin/upstreams/echo/backends/{a}/drain");
+    if !matches!(admin_call(admin, "POST", &drain).await, Some((200, _))) {
+        println!("drain: POST {drain} failed");
+        return None;
+    }
+    // A's tunnel count every 100 ms, for at most 120 s.
+    let mut empty_after = None;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    while posted.elapsed() < Duration::from_secs(120) {
+        poll.tick().await;
+        if backend_tunnels(admin, a).await == Some(0) {
+            empty_after = Some(posted.elapsed());
+            break;
+        }
+    }
+    // Every client of A back (or given up), for at most 120 s more.
+    let settle_deadline = Instant::now() + Duration::from_secs(120);
+    while settled.load(Ordering::Relaxed) < on_a as usize && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    let mut moved = Vec::new();
+    for client in clients {
+        if let Ok(Some(m)) = client.await {
+            moved.push(m);
+        }
+    }
+    let after_post = |upgrades: &Upgrades| -> Vec<Duration> {
+        upgrades
+            .lock()
+            .expect("upgrades")
+            .iter()
+            .filter(|&&t| t >= posted)
+            .map(|&t| t - posted)
+            .collect()
+    };
+    let at_b = after_post(&upgrades_b);
+    let mut buckets = std::collections::HashMap::new();
+    for t in &at_b {
+        *buckets.entry(t.as_millis() / 100).or_insert(0usize) += 1;
+    }
+    Some(DrainResult {
+        on_a,
+        on_b,
+        opened_in,
+        empty_after,
+        closed: moved.len(),
+        with_close: moved.iter().filter(|m| m.got_close).count(),
+        back: moved.iter().filter(|m| m.back_at.is_some()).count(),
+        gave_up: moved.iter().filter(|m| m.back_at.is_none()).count(),
+        last_back: moved.iter().filter_map(|m| m.back_at).max().map(|t| t - posted),
+        at_b: at_b.len(),
+        peak_b_per_s: buckets.values().copied().max().unwrap_or(0) as f64 * 10.0,
+        at_a: after_post(&upgrades_a).len(),
+        refused: moved.iter().map(|m| m.refused).sum(),
+        max_attempts: moved.iter().map(|m| m.attempts).max().unwrap_or(0),
     })
 }
 

@@ -454,6 +454,47 @@ impl Balancer {
     }
 }
 
+/// The backends one request may try, in order: the strategy's choice for the key, then the
+/// next ones while attempts fail, never a draining backend or one the health checks took down.
+/// The one "try the next backend" of the request path; the callers only decide *whether* a
+/// failure may be retried (a WebSocket handshake always, a plain request only if resending it
+/// is safe).
+pub struct Attempts<'a> {
+    balancer: &'a Balancer,
+    key: Option<u64>,
+    tried: Tried,
+}
+
+impl<'a> Attempts<'a> {
+    /// The next backend to try; `None` when none is left.
+    pub fn next_pick(&mut self) -> Option<Pick> {
+        self.balancer.pick(self.key, &mut self.tried)
+    }
+
+    /// The attempt on `pick` failed to connect: the backend is skipped for `backend_retry`.
+    /// True if another attempt is allowed.
+    pub fn failed(&mut self, pick: &Pick) -> bool {
+        self.balancer.report_failure(pick.index);
+        self.balancer.may_retry(&self.tried)
+    }
+
+    /// The attempt on `pick` connected.
+    pub fn succeeded(&self, pick: &Pick) {
+        self.balancer.report_success(pick.index);
+    }
+}
+
+impl Balancer {
+    /// The attempts of one request with this hash key.
+    pub fn attempts(&self, key: Option<u64>) -> Attempts<'_> {
+        Attempts {
+            balancer: self,
+            key,
+            tried: Tried::default(),
+        }
+    }
+}
+
 /// Milliseconds on the process-wide clock (never 0), so that passive-failure times mean the same
 /// in every balancer a reload builds.
 pub fn now_ms() -> u64 {

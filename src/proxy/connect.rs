@@ -13,7 +13,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::{ClientProtocol, Snapshot};
 use crate::balancer::pacing::{Admit, now_ns};
-use crate::balancer::{Balancer, Pick, Tried};
+use crate::balancer::{Balancer, Pick};
 
 /// How long an upgrade may wait for a token of its backend's bucket before it gets 503.
 const MAX_PACING_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -76,9 +76,9 @@ pub async fn connect(
 ) -> Result<(BackendStream, Pick), ProxyError> {
     let balancer: &Balancer = &snap.balancers[upstream];
     let tls = snap.upstream_tls[upstream].as_ref();
-    let mut tried = Tried::default();
+    let mut attempts = balancer.attempts(key);
     loop {
-        let pick = snap.pick(upstream, key, &mut tried)?;
+        let pick = snap.next_pick(upstream, &mut attempts)?;
         let backend = pick.lease.backend().clone();
         match backend.pacing.admit(now_ns(), MAX_PACING_WAIT) {
             Admit::Now => {}
@@ -105,16 +105,16 @@ pub async fn connect(
         .await;
         let error = match attempt {
             Ok(Ok(stream)) => {
-                balancer.report_success(pick.index);
+                attempts.succeeded(&pick);
                 return Ok((stream, pick));
             }
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
-        balancer.report_failure(pick.index);
+        let retry = attempts.failed(&pick);
         snap.count_upgrade(upstream, &backend, "connect_error", protocol);
         tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
-        if !balancer.may_retry(&tried) {
+        if !retry {
             return Err(ProxyError::Connect {
                 backend: backend.name.clone(),
                 source: error,

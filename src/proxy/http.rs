@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::body::{RequestBody, ResponseBody};
 use super::headers;
 use super::{ConnInfo, Snapshot};
-use crate::balancer::{Tried, key::key_hash};
+use crate::balancer::key::key_hash;
 use crate::config::{Timeouts, Upstream};
 use crate::error::ProxyError;
 
@@ -100,10 +100,10 @@ pub async fn forward(
         .to_owned();
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
     let mut body = Some(RequestBody::Client(body));
-    let mut tried = Tried::default();
+    let mut attempts = balancer.attempts(key);
 
     loop {
-        let pick = snap.pick(upstream, key, &mut tried)?;
+        let pick = snap.next_pick(upstream, &mut attempts)?;
         let backend = pick.lease.backend().clone();
         let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
             .parse()
@@ -134,9 +134,9 @@ pub async fn forward(
                 });
             }
             Ok(Err(e)) if e.is_connect() => {
-                balancer.report_failure(pick.index);
+                let may_retry = attempts.failed(&pick);
                 tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "backend connect failed");
-                if retryable && balancer.may_retry(&tried) {
+                if retryable && may_retry {
                     continue;
                 }
                 return Err(ProxyError::Connect {
@@ -151,7 +151,7 @@ pub async fn forward(
                 });
             }
             Ok(Ok(response)) => {
-                balancer.report_success(pick.index);
+                attempts.succeeded(&pick);
                 balancer
                     .metrics
                     .http_duration

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::router::Router;
 use super::{ClientProtocol, connect, http, tunnel};
 use crate::balancer::registry::BackendRegistry;
-use crate::balancer::{Backend, Balancer, Pick, Tried};
+use crate::balancer::{Attempts, Backend, Balancer, Pick};
 use crate::config::{Config, Timeouts, Upstream};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -157,19 +157,15 @@ impl Snapshot {
         (snapshot, joined)
     }
 
-    /// The next backend of `upstream` for this key, or the error that ends the request.
-    pub fn pick(
+    /// The next backend of `attempts`, or the error that ends the request.
+    pub fn next_pick(
         &self,
         upstream: usize,
-        key: Option<u64>,
-        tried: &mut Tried,
+        attempts: &mut Attempts<'_>,
     ) -> Result<Pick, ProxyError> {
-        let balancer = &self.balancers[upstream];
-        balancer
-            .pick(key, tried)
-            .ok_or_else(|| ProxyError::NoBackend {
-                upstream: balancer.name.clone(),
-            })
+        attempts.next_pick().ok_or_else(|| ProxyError::NoBackend {
+            upstream: self.balancers[upstream].name.clone(),
+        })
     }
 
     /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total`.
