@@ -489,3 +489,78 @@ async fn sighup_reloads_the_binary() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn reloads_under_continuous_echo_lose_no_message_on_kept_backends() {
+    let a = EchoBackend::start_greeting("a").await;
+    let b = EchoBackend::start_greeting("b").await;
+    let c = EchoBackend::start_greeting("c").await;
+    let (sb, file) = Switchboard::start_file(&chat(&[&a, &b], "200ms")).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    for _ in 0..200 {
+        let (mut ws, name) = connect(&sb).await;
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            // Echo without pause until told to stop (bounded by a count as well).
+            let mut sent = 0u32;
+            for i in 0..100_000u32 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                if ws.send(Message::text(format!("m{i}"))).await.is_err() {
+                    return (name, sent, Some("send failed".to_owned()));
+                }
+                match tokio::time::timeout(DEADLINE, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.as_str() == format!("m{i}") => sent += 1,
+                    Ok(Some(Ok(Message::Close(frame)))) => {
+                        return (name, sent, Some(format!("close {frame:?}")));
+                    }
+                    other => return (name, sent, Some(format!("{other:?}"))),
+                }
+            }
+            (name, sent, None)
+        }));
+    }
+    // Three reloads while every tunnel echoes: add c, remove b, change a timeout.
+    for body in [
+        chat(&[&a, &b, &c], "200ms"),
+        chat(&[&a, &c], "200ms"),
+        chat(&[&a, &c], "200ms").replace("close_linger = \"1s\"", "close_linger = \"2s\""),
+    ] {
+        file.write(&body);
+        let reloaded = sb.admin_post("/admin/reload", &[]).await;
+        assert_eq!(reloaded.status, 200, "{}", reloaded.body_text());
+    }
+    // b's tunnels end with a polite close; then stop the others and check them.
+    eventually("b drained", || async {
+        let text = sb.scrape().await;
+        (metric(
+            &text,
+            "switchboard_tunnels_draining",
+            &[("upstream", "chat")],
+        ) == 0.0
+            && metric(
+                &text,
+                "switchboard_tunnels_closed_total",
+                &[("reason", "drain")],
+            ) > 0.0)
+            .then_some(())
+    })
+    .await;
+    stop.cancel();
+    let mut on_b = 0;
+    for worker in workers {
+        let (name, sent, ended) = worker.await.unwrap();
+        assert!(sent > 0, "{name} echoed nothing");
+        if name == "b" {
+            on_b += 1;
+            let ended = ended.expect("b's tunnels were closed");
+            assert!(ended.contains("Away"), "{ended}");
+        } else {
+            assert_eq!(ended, None, "a tunnel on kept backend {name} broke");
+        }
+    }
+    assert_eq!(on_b, 100);
+    sb.stop().await;
+}
