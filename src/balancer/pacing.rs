@@ -45,8 +45,17 @@ impl Pacing {
         self.tolerance_ns.store(tolerance, Ordering::Relaxed);
     }
 
-    /// Takes a token at `now_ns`, or reserves one no more than `max_wait` away.
-    pub fn admit(&self, now_ns: u64, max_wait: Duration) -> Admit {
+    /// Takes a token now, or reserves one no more than `max_wait` away. Without pacing this
+    /// is one atomic load (the clock is not read).
+    pub fn admit(&self, max_wait: Duration) -> Admit {
+        if self.interval_ns.load(Ordering::Relaxed) == 0 {
+            return Admit::Now;
+        }
+        self.admit_at(now_ns(), max_wait)
+    }
+
+    /// [`Pacing::admit`] at a given time on the process clock (nanoseconds).
+    pub fn admit_at(&self, now_ns: u64, max_wait: Duration) -> Admit {
         let interval = self.interval_ns.load(Ordering::Relaxed);
         if interval == 0 {
             return Admit::Now;
@@ -91,7 +100,7 @@ mod tests {
     fn off_admits_everything() {
         let p = Pacing::default();
         for i in 0..1000 {
-            assert_eq!(p.admit(i, Duration::ZERO), Admit::Now);
+            assert_eq!(p.admit_at(i, Duration::ZERO), Admit::Now);
         }
     }
 
@@ -101,19 +110,19 @@ mod tests {
         p.configure(Some((100.0, 5))); // a token every 10 ms, 5 deep
         let t0 = 1_000 * MS;
         for _ in 0..5 {
-            assert_eq!(p.admit(t0, Duration::ZERO), Admit::Now);
+            assert_eq!(p.admit_at(t0, Duration::ZERO), Admit::Now);
         }
-        assert_eq!(p.admit(t0, Duration::ZERO), Admit::Refused);
+        assert_eq!(p.admit_at(t0, Duration::ZERO), Admit::Refused);
         // Allowed to wait 100 ms: the next ten tokens are reserved 10 ms apart.
         for i in 1..=10u64 {
             assert_eq!(
-                p.admit(t0, Duration::from_millis(100)),
+                p.admit_at(t0, Duration::from_millis(100)),
                 Admit::After(Duration::from_nanos(i * 10 * MS))
             );
         }
-        assert_eq!(p.admit(t0, Duration::from_millis(100)), Admit::Refused);
+        assert_eq!(p.admit_at(t0, Duration::from_millis(100)), Admit::Refused);
         // Later, tokens have come back.
-        assert_eq!(p.admit(t0 + 1_000 * MS, Duration::ZERO), Admit::Now);
+        assert_eq!(p.admit_at(t0 + 1_000 * MS, Duration::ZERO), Admit::Now);
     }
 
     #[test]
@@ -124,7 +133,7 @@ mod tests {
         let mut admitted = 0;
         // 1 000 attempts spread over one second, none allowed to wait.
         for i in 0..1000u64 {
-            if p.admit(t0 + i * MS, Duration::ZERO) == Admit::Now {
+            if p.admit_at(t0 + i * MS, Duration::ZERO) == Admit::Now {
                 admitted += 1;
             }
         }

@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{ClientProtocol, Snapshot};
-use crate::balancer::pacing::{Admit, now_ns};
+use crate::balancer::pacing::Admit;
 use crate::balancer::{Balancer, Pick};
 
 /// How long an upgrade may wait for a token of its backend's bucket before it gets 503.
@@ -80,7 +80,7 @@ pub async fn connect(
     loop {
         let pick = snap.next_pick(upstream, &mut attempts)?;
         let backend = pick.lease.backend().clone();
-        match backend.pacing.admit(now_ns(), MAX_PACING_WAIT) {
+        match backend.pacing.admit(MAX_PACING_WAIT) {
             Admit::Now => {}
             Admit::After(wait) => tokio::time::sleep(wait).await,
             Admit::Refused => {

@@ -57,19 +57,20 @@ pub struct Proxy {
 impl Proxy {
     /// Process state, and the first snapshot built from `config`.
     pub fn new(config: Config, metrics: Metrics, shutdown: Shutdown) -> Self {
-        let proxy = Proxy {
+        let registry = Arc::new(tunnel::TunnelRegistry::default());
+        let backends = BackendRegistry::default();
+        let mut pools = HashMap::new();
+        let (first, _) = Snapshot::build(config, &backends, &mut pools, &registry, &metrics);
+        Proxy {
             metrics,
             tunnels: TaskTracker::new(),
-            registry: Arc::new(tunnel::TunnelRegistry::default()),
-            backends: BackendRegistry::default(),
-            pools: Mutex::new(HashMap::new()),
+            registry,
+            backends,
+            pools: Mutex::new(pools),
             shutdown,
-            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            snapshot: ArcSwap::from_pointee(first),
             leaving: Mutex::new(Vec::new()),
-        };
-        let (first, _) = proxy.build(config);
-        proxy.snapshot.store(Arc::new(first));
-        proxy
+        }
     }
 
     /// The config now in force, with everything built from it.

@@ -63,25 +63,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot with nothing in it, only until the first config is built.
-    pub(super) fn empty() -> Self {
-        let config = crate::config::from_toml_str(
-            "listen = \"127.0.0.1:0\"\n[[route]]\nupstream = \"none\"\n[upstream.none]\nservers = [\"127.0.0.1:9\"]\n",
-            "(empty)",
-        )
-        .expect("the placeholder config is valid");
-        Snapshot {
-            router: Router::new(&[]),
-            balancers: Vec::new(),
-            clients: Vec::new(),
-            upstream_tls: Vec::new(),
-            timeouts: config.timeouts.clone(),
-            tunnel_shared: Vec::new(),
-            metrics: Metrics::new(),
-            config,
-        }
-    }
-
     /// Builds the snapshot of `config`: backends from (and new ones into) `backends`, pooled
     /// clients from `pools` where the settings did not change. Also returns the backends that
     /// joined.
