@@ -33,6 +33,13 @@ fn servers(backends: &[&EchoBackend]) -> String {
     list.join(", ")
 }
 
+/// Answers the upgrade in `head` with 101, then holds the connection until the peer leaves.
+async fn hold_upgrade(mut stream: tokio::net::TcpStream, head: &str) {
+    let _ = stream.write_all(switching_protocols(head).as_bytes()).await;
+    let mut rest = [0u8; 64];
+    while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await, Ok(n) if n > 0) {}
+}
+
 /// A WebSocket backend that records when each upgrade arrived and then holds the connection.
 async fn timing_backend() -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,13 +55,7 @@ async fn timing_backend() -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
             tokio::spawn(async move {
                 let head = read_head(&mut stream).await;
                 record.lock().unwrap().push(Instant::now());
-                let _ = stream
-                    .write_all(switching_protocols(&head).as_bytes())
-                    .await;
-                let mut rest = [0u8; 64];
-                while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await, Ok(n) if n > 0)
-                {
-                }
+                hold_upgrade(stream, &head).await;
             });
         }
     });
@@ -283,9 +284,7 @@ impl Killable {
                 };
                 held.push(tokio::spawn(async move {
                     let head = read_head(&mut stream).await;
-                    let _ = stream.write_all(switching_protocols(&head).as_bytes()).await;
-                    let mut rest = [0u8; 64];
-                    while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await, Ok(n) if n > 0) {}
+                    hold_upgrade(stream, &head).await;
                 }));
             }
         });

@@ -111,14 +111,7 @@ fn names_of(cert: &Certificate) -> Vec<String> {
 impl TlsTerminator {
     /// Builds the rustls server for `config`; certificates are already loaded by validation.
     pub fn new(config: &TlsConfig, metrics: Metrics) -> Result<Self, rustls::Error> {
-        let certs: Vec<_> = config
-            .certificates
-            .iter()
-            .map(|c| (names_of(c), c.loaded.clone()))
-            .collect();
-        for cert in &config.certificates {
-            set_expiry(&metrics, cert);
-        }
+        let certs = served(config, &metrics);
         let resolver = Arc::new(SniResolver {
             store: ArcSwap::from_pointee(CertStore::build(&certs)),
         });
@@ -141,14 +134,7 @@ impl TlsTerminator {
     /// Serves the certificates of a reloaded config from the next handshake on (established
     /// connections keep theirs).
     pub fn replace(&self, config: &TlsConfig) {
-        let certs: Vec<_> = config
-            .certificates
-            .iter()
-            .map(|c| (names_of(c), c.loaded.clone()))
-            .collect();
-        for cert in &config.certificates {
-            set_expiry(&self.metrics, cert);
-        }
+        let certs = served(config, &self.metrics);
         self.resolver
             .store
             .store(Arc::new(CertStore::build(&certs)));
@@ -288,6 +274,18 @@ fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
             .map(|m| (m.modified().ok(), m.len()))
     };
     Some([one(cert)?, one(key)?])
+}
+
+/// The certificates of `config` with the names they are chosen for; publishes their expiry.
+fn served(config: &TlsConfig, metrics: &Metrics) -> Vec<(Vec<String>, Arc<CertifiedKey>)> {
+    for cert in &config.certificates {
+        set_expiry(metrics, cert);
+    }
+    config
+        .certificates
+        .iter()
+        .map(|c| (names_of(c), c.loaded.clone()))
+        .collect()
 }
 
 fn set_expiry(metrics: &Metrics, cert: &Certificate) {

@@ -96,6 +96,19 @@ pub struct CloseAll {
     pub linger: Duration,
 }
 
+impl CloseAll {
+    /// The request for one tunnel whose polite close starts at `start`.
+    fn request_at(&self, start: Instant) -> CloseRequest {
+        CloseRequest {
+            reason: self.reason,
+            to_client: Some(self.code),
+            to_backend: Some(self.code),
+            start,
+            deadline: start + self.linger,
+        }
+    }
+}
+
 struct Entry {
     control: Arc<Control>,
     /// For closing the tunnels of one backend (drains).
@@ -202,13 +215,7 @@ impl TunnelRegistry {
             entry.asked = true;
             let slot = (i as f64 + rand::random::<f64>()) / n;
             let start = now + all.spread.mul_f64(slot);
-            let request = CloseRequest {
-                reason: all.reason,
-                to_client: Some(all.code),
-                to_backend: Some(all.code),
-                start,
-                deadline: start + all.linger,
-            };
+            let request = all.request_at(start);
             deliver(&mut inner.requests, *id, request, &entry.control);
         }
     }
@@ -232,13 +239,7 @@ impl TunnelRegistry {
         for (i, (id, control)) in chosen.iter().enumerate() {
             let slot = (i as f64 + rand::random::<f64>()) / n;
             let start = now + all.spread.mul_f64(slot);
-            let request = CloseRequest {
-                reason: all.reason,
-                to_client: Some(all.code),
-                to_backend: Some(all.code),
-                start,
-                deadline: start + all.linger,
-            };
+            let request = all.request_at(start);
             deliver(&mut inner.requests, *id, request, control);
         }
         chosen.len()
@@ -266,13 +267,7 @@ impl TunnelRegistry {
         for id in &movable[..n] {
             let entry = inner.tunnels.get_mut(id).expect("listed above");
             entry.asked = true;
-            let request = CloseRequest {
-                reason: all.reason,
-                to_client: Some(all.code),
-                to_backend: Some(all.code),
-                start: now,
-                deadline: now + all.linger,
-            };
+            let request = all.request_at(now);
             deliver(&mut inner.requests, *id, request, &entry.control);
         }
         n
