@@ -354,7 +354,7 @@ async fn admin_call(
 fn error_json(message: &str) -> String {
     format!(
         "{{\"result\":\"error\",\"error\":{}}}",
-        json_string(message)
+        crate::admin::api::quote(message)
     )
 }
 
@@ -396,9 +396,9 @@ where
     let backend = &chat.name;
     let welcome = format!(
         r#"{{"type":"welcome","backend":{},"addr":{},"room":{},"members":{}}}"#,
-        json_string(backend),
-        json_string(&chat.addr),
-        json_string(&room),
+        crate::admin::api::quote(backend),
+        crate::admin::api::quote(&chat.addr),
+        crate::admin::api::quote(&room),
         sender.receiver_count()
     );
     if out.send(Message::text(welcome)).await.is_err() {
@@ -406,8 +406,8 @@ where
     }
     let _ = sender.send(format!(
         r#"{{"type":"join","from":{},"backend":{}}}"#,
-        json_string(&user),
-        json_string(backend)
+        crate::admin::api::quote(&user),
+        crate::admin::api::quote(backend)
     ));
     loop {
         tokio::select! {
@@ -415,9 +415,9 @@ where
                 Some(Ok(Message::Text(text))) => {
                     let _ = sender.send(format!(
                         r#"{{"type":"message","from":{},"text":{},"backend":{}}}"#,
-                        json_string(&user),
-                        json_string(text.as_str()),
-                        json_string(backend)
+                        crate::admin::api::quote(&user),
+                        crate::admin::api::quote(text.as_str()),
+                        crate::admin::api::quote(backend)
                     ));
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
@@ -439,22 +439,6 @@ where
     let _ = out.close().await;
     let _ = sender.send(format!(
         r#"{{"type":"leave","from":{}}}"#,
-        json_string(&user)
+        crate::admin::api::quote(&user)
     ));
-}
-
-/// A JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

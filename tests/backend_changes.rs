@@ -28,6 +28,22 @@ async fn connect(sb: &Switchboard) -> (Ws, String) {
     (ws, name.to_string())
 }
 
+/// Three backends that greet with their names a, b and c.
+async fn greeters() -> [EchoBackend; 3] {
+    [
+        EchoBackend::start_greeting("a").await,
+        EchoBackend::start_greeting("b").await,
+        EchoBackend::start_greeting("c").await,
+    ]
+}
+
+/// A least-conn upstream `chat` with `extra` keys over `list`.
+fn least_conn_chat(extra: &str, list: &str) -> String {
+    format!(
+        "[[route]]\nupstream = \"chat\"\n[upstream.chat]\nbalance = \"least-conn\"\n{extra}servers = [{list}]\n"
+    )
+}
+
 fn servers(backends: &[&EchoBackend]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
     list.join(", ")
@@ -128,15 +144,8 @@ async fn a_reconnect_storm_reaches_the_backend_at_the_paced_rate() {
 
 #[tokio::test]
 async fn a_third_backend_added_by_reload_gets_its_share_by_rebalancing() {
-    let a = EchoBackend::start_greeting("a").await;
-    let b = EchoBackend::start_greeting("b").await;
-    let c = EchoBackend::start_greeting("c").await;
-    let body = |list: &str| {
-        format!(
-            "[[route]]\nupstream = \"chat\"\n[upstream.chat]\nbalance = \"least-conn\"\n\
-             rebalance_skew = 1.1\nrebalance_rate = 100\nservers = [{list}]\n"
-        )
-    };
+    let [a, b, c] = greeters().await;
+    let body = |list: &str| least_conn_chat("rebalance_skew = 1.1\nrebalance_rate = 100\n", list);
     let (sb, file) = Switchboard::start_file(&body(&servers(&[&a, &b]))).await;
     let stop = CancellationToken::new();
     let codes = Arc::new(Mutex::new(Vec::new()));
@@ -213,15 +222,8 @@ async fn a_third_backend_added_by_reload_gets_its_share_by_rebalancing() {
 
 #[tokio::test]
 async fn a_backend_that_joins_ramps_in_slowly() {
-    let a = EchoBackend::start_greeting("a").await;
-    let b = EchoBackend::start_greeting("b").await;
-    let c = EchoBackend::start_greeting("c").await;
-    let body = |list: &str| {
-        format!(
-            "[[route]]\nupstream = \"chat\"\n[upstream.chat]\nbalance = \"least-conn\"\n\
-             slow_start = \"30s\"\nservers = [{list}]\n"
-        )
-    };
+    let [a, b, c] = greeters().await;
+    let body = |list: &str| least_conn_chat("slow_start = \"30s\"\n", list);
     let (sb, file) = Switchboard::start_file(&body(&servers(&[&a, &b]))).await;
     file.write(&body(&servers(&[&a, &b, &c])));
     assert_eq!(sb.admin_post("/admin/reload", &[]).await.status, 200);

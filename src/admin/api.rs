@@ -207,7 +207,7 @@ fn error_json(message: &str) -> String {
 }
 
 /// A JSON string literal.
-fn quote(text: &str) -> String {
+pub fn quote(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {
