@@ -764,6 +764,8 @@ struct ReloadResult {
     dip: (f64, f64),
     /// The same for the first 100 ms after each reload against the median steady 100 ms.
     dip_100ms: f64,
+    /// The noise floor: the least steady second and the least steady 100 ms, over their medians.
+    steady_least: (f64, f64),
     /// p99 and largest round trip, µs: in the reload window, in the steady seconds.
     reload_us: (u32, u32),
     steady_us: (u32, u32),
@@ -880,15 +882,14 @@ async fn reload_under_load(backend: SocketAddr, clients: usize) -> Option<Reload
     };
     let second = Duration::from_secs(1);
     let tenth = Duration::from_millis(100);
-    let steady_s = median(
-        &mut steady_starts(second)
-            .map(|s| count(s, second))
-            .collect::<Vec<_>>(),
-    );
-    let steady_100 = median(
-        &mut steady_starts(tenth)
-            .map(|s| count(s, tenth))
-            .collect::<Vec<_>>(),
+    let mut steady_seconds: Vec<f64> = steady_starts(second).map(|s| count(s, second)).collect();
+    let mut steady_tenths: Vec<f64> = steady_starts(tenth).map(|s| count(s, tenth)).collect();
+    let steady_s = median(&mut steady_seconds);
+    let steady_100 = median(&mut steady_tenths);
+    // `median` sorted them: the first is the least.
+    let steady_least = (
+        steady_seconds.first().copied().unwrap_or(0.0) / steady_s.max(1.0),
+        steady_tenths.first().copied().unwrap_or(0.0) / steady_100.max(1.0),
     );
     let mut dips: Vec<f64> = reloaded_at
         .iter()
@@ -924,6 +925,7 @@ async fn reload_under_load(backend: SocketAddr, clients: usize) -> Option<Reload
         steady_per_s: steady_s,
         dip: (least, median(&mut dips)),
         dip_100ms,
+        steady_least,
         reload_us: (
             percentile(&reload_lat, 0.99),
             reload_lat.last().copied().unwrap_or(0),
@@ -1045,9 +1047,11 @@ struct DrainResult {
     gave_up: usize,
     /// The drain POST until the last client was back.
     last_back: Option<Duration>,
-    /// Upgrades reaching B after the POST: in all, and the most in any 100 ms (per second).
+    /// Upgrades reaching B after the POST: in all, the most in any 100 ms (per second), and the
+    /// most in any 1 s (ten 100 ms buckets in a row).
     at_b: usize,
     peak_b_per_s: f64,
+    peak_b_1s: usize,
     /// Upgrades reaching A after the POST (a draining backend should get none).
     at_a: usize,
     /// 503s the reconnecting clients got, and the most attempts one client needed.
@@ -1184,6 +1188,11 @@ async fn drain_reconnects(n: usize, spread: &str, upstream_extra: &str) -> Optio
             .map(|t| t - posted),
         at_b: at_b.len(),
         peak_b_per_s: buckets.values().copied().max().unwrap_or(0) as f64 * 10.0,
+        peak_b_1s: buckets
+            .keys()
+            .map(|&k| (k..k + 10).filter_map(|j| buckets.get(&j)).sum::<usize>())
+            .max()
+            .unwrap_or(0),
         at_a: after_post(&upgrades_a).len(),
         refused: moved.iter().map(|m| m.refused).sum(),
         max_attempts: moved.iter().map(|m| m.attempts).max().unwrap_or(0),
@@ -1355,9 +1364,10 @@ fn main() {
                     );
                     println!(
                         "reload switchboard : throughput in the second after a reload {:.3}x (least) / {:.3}x (median) the median steady second ({:.0} msg/s); \
-                         first 100 ms after a reload {:.3}x (least) the median steady 100 ms; p99 {} us with reloads vs {} us steady (max {} vs {} us); \
+                         first 100 ms after a reload {:.3}x (least) the median steady 100 ms \
+                         (noise floor: least steady second {:.3}x, least steady 100 ms {:.3}x); p99 {} us with reloads vs {} us steady (max {} vs {} us); \
                          tunnels lost {} of {clients} ({} did not open)",
-                        r.dip.0, r.dip.1, r.steady_per_s, r.dip_100ms, r.reload_us.0, r.steady_us.0, r.reload_us.1, r.steady_us.1, r.lost, r.not_opened
+                        r.dip.0, r.dip.1, r.steady_per_s, r.dip_100ms, r.steady_least.0, r.steady_least.1, r.reload_us.0, r.steady_us.0, r.reload_us.1, r.steady_us.1, r.lost, r.not_opened
                     );
                     println!(
                         "reload switchboard : CPU per reload {:.2} ms under load (utime+stime of the 10 s with reloads {:.2} s, minus the 10 steady seconds {:.2} s, / {RELOADS}; \
@@ -1382,9 +1392,9 @@ fn main() {
                     Some(r) => println!(
                         "drain switchboard {label}: {idle} idle tunnels (A {}, B {}; opened in {:.1}s), drain A (timeout 1s, spread {spread}): \
                          A empty after {} (GET /admin/upstreams every 100 ms); {} clients closed ({} with a Close frame), {} back on B, last {} after the POST, {} gave up; \
-                         B saw {} upgrades, peak {:.0}/s (per 100 ms, counted at B's accept), A saw {}; 503s {}, most attempts by one client {}",
+                         B saw {} upgrades, peak {:.0}/s per 100 ms and {} in any 1 s (counted at B's accept), A saw {}; 503s {}, most attempts by one client {}",
                         r.on_a, r.on_b, r.opened_in.as_secs_f64(), secs(r.empty_after), r.closed, r.with_close, r.back, secs(r.last_back), r.gave_up,
-                        r.at_b, r.peak_b_per_s, r.at_a, r.refused, r.max_attempts
+                        r.at_b, r.peak_b_per_s, r.peak_b_1s, r.at_a, r.refused, r.max_attempts
                     ),
                     None => println!("drain switchboard {label}: skipped"),
                 }

@@ -361,3 +361,37 @@ async fn a_dead_backend_leaves_rotation_and_comes_back_when_it_recovers() {
     );
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_backend_that_fails_upgrades_with_5xx_is_skipped_like_a_refusing_one() {
+    let good = EchoBackend::start_greeting("good").await;
+    let (bad, _) = support::backends::raw_backend(|mut stream, _head| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    })
+    .await;
+    let sb = Switchboard::start(&format!(
+        "[[route]]\nupstream = \"chat\"\n[upstream.chat]\nbalance = \"round-robin\"\n\
+         servers = [\"{bad}\", \"{}\"]\n",
+        good.addr
+    ))
+    .await;
+    // Round robin starts with the bad one: its 503 goes to the client, and marks it down.
+    let mut stream = raw_send(sb.addr, handshake_request("/chat", "").as_bytes()).await;
+    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 503"));
+    let text = sb.scrape().await;
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_backend_state",
+            &[("backend", &bad.to_string()), ("state", "down")]
+        ),
+        1.0
+    );
+    for _ in 0..4 {
+        let (_, name) = connect(&sb).await;
+        assert_eq!(name, "good");
+    }
+    sb.stop().await;
+}

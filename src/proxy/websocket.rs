@@ -132,6 +132,11 @@ pub async fn upgrade(
     let (backend_headers, backend_io) = match answer {
         Answer::Other(response) => {
             record("rejected");
+            if response.status().is_server_error() {
+                // Passive health: a backend failing upgrades is skipped like one refusing
+                // connects, for `timeouts.backend_retry`.
+                balancer.report_failure(pick.index);
+            }
             tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
                 status = response.status().as_u16(), "websocket handshake rejected by backend");
             return Ok(super::relay(response, pick.lease));

@@ -88,7 +88,8 @@ impl ResolvesServerCert for SniResolver {
 pub struct TlsTerminator {
     acceptor: TlsAcceptor,
     resolver: Arc<SniResolver>,
-    handshake_timeout: Duration,
+    /// Milliseconds; a reload may change it.
+    handshake_timeout_ms: std::sync::atomic::AtomicU64,
     metrics: Metrics,
 }
 
@@ -126,15 +127,21 @@ impl TlsTerminator {
         Ok(TlsTerminator {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             resolver,
-            handshake_timeout: config.handshake_timeout,
+            handshake_timeout_ms: std::sync::atomic::AtomicU64::new(
+                config.handshake_timeout.as_millis() as u64,
+            ),
             metrics,
         })
     }
 
-    /// Serves the certificates of a reloaded config from the next handshake on (established
-    /// connections keep theirs).
+    /// Serves the certificates (and handshake timeout) of a reloaded config from the next
+    /// handshake on; established connections keep theirs.
     pub fn replace(&self, config: &TlsConfig) {
         let certs = served(config, &self.metrics);
+        self.handshake_timeout_ms.store(
+            config.handshake_timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.resolver
             .store
             .store(Arc::new(CertStore::build(&certs)));
@@ -144,7 +151,11 @@ impl TlsTerminator {
     /// a short 400 that says so, then the connection is closed. `None`: nothing to serve.
     pub async fn accept(&self, stream: TcpStream) -> Option<Accepted> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let timeout = Duration::from_millis(
+            self.handshake_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
         let record = |outcome: &str, version: &str| {
             self.metrics
                 .tls_handshakes_total
