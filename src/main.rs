@@ -183,6 +183,29 @@ fn check(path: &std::path::Path) -> ExitCode {
             ));
         }
         println!("  {} ({strategy})", upstream.name);
+        if let Some(check) = &upstream.health_check {
+            let kind = match check.kind {
+                config::HealthCheckKind::Tcp => "tcp connect".to_owned(),
+                config::HealthCheckKind::Http => format!("http GET {}", check.path),
+                config::HealthCheckKind::WebSocket => format!("websocket upgrade {}", check.path),
+            };
+            println!(
+                "    health check: {kind} every {:?}, timeout {:?}, up after {}, down after {}",
+                check.interval, check.timeout, check.rise, check.fall
+            );
+        }
+        if !upstream.slow_start.is_zero() {
+            println!("    slow start over {:?}", upstream.slow_start);
+        }
+        if let Some((rate, burst)) = upstream.upgrade_pacing {
+            println!("    upgrades paced at {rate}/s per backend, burst {burst}");
+        }
+        if let Some(skew) = upstream.rebalance_skew {
+            println!(
+                "    rebalanced above {skew} x the mean, {} closes/s",
+                upstream.rebalance_rate
+            );
+        }
         for server in &upstream.servers {
             println!(
                 "    {} = {} weight {}",
