@@ -30,6 +30,13 @@ pub enum ProxyError {
         /// The request path.
         path: String,
     },
+    /// The request's host is missing, given twice, or given two different ways (RFC 9112 §3.2,
+    /// RFC 9113 §8.3.1): routing and the backend could disagree about it.
+    #[error("bad host: {reason}")]
+    BadHost {
+        /// What is wrong, for the log.
+        reason: &'static str,
+    },
     /// CONNECT other than an RFC 8441 WebSocket.
     #[error("CONNECT is only accepted for WebSockets over HTTP/2")]
     MethodNotAllowed,
@@ -86,6 +93,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadHost { .. } => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
@@ -110,7 +118,9 @@ impl ProxyError {
     /// Who is at fault.
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute { .. } | ProxyError::MethodNotAllowed => Blame::Client,
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadHost { .. }
+            | ProxyError::MethodNotAllowed => Blame::Client,
             ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => Blame::Overload,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }

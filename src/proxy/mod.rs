@@ -209,6 +209,15 @@ pub async fn handle(
             .inc();
         return error_response(&ProxyError::MethodNotAllowed);
     }
+    if let Err(error) = router::check_host(&parts) {
+        tracing::debug!(client = %conn.peer, error = %error, "request refused");
+        proxy
+            .metrics
+            .http_requests_total
+            .with_label_values(&["none", "400"])
+            .inc();
+        return error_response(&error);
+    }
     let Some(upstream) = snap
         .router
         .route(router::request_host(&parts), parts.uri.path())

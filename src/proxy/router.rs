@@ -96,6 +96,37 @@ pub fn request_authority(parts: &http::request::Parts) -> Option<&str> {
     }
 }
 
+/// Checks that the request names one host, one way: an HTTP/1.1 request needs exactly one
+/// `Host` (RFC 9112 §3.2), and an authority in the URI (absolute form, or HTTP/2's
+/// `:authority`) must equal `Host` when both are sent (RFC 9112 §3.2.2, RFC 9113 §8.3.1). So
+/// the backend sees exactly the host switchboard routed on, and a client cannot route on one
+/// name and present another to a shared backend.
+pub fn check_host(parts: &http::request::Parts) -> Result<(), crate::error::ProxyError> {
+    use crate::error::ProxyError::BadHost;
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadHost {
+            reason: "two Host headers",
+        });
+    }
+    match (parts.uri.authority(), host) {
+        (None, None) if parts.version == http::Version::HTTP_11 => Err(BadHost {
+            reason: "HTTP/1.1 request without Host",
+        }),
+        (Some(authority), Some(host))
+            if !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+        {
+            Err(BadHost {
+                reason: "the URI's authority and Host differ",
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The host a request is for, without port.
 pub fn request_host(parts: &http::request::Parts) -> Option<&str> {
     request_authority(parts).map(strip_port)

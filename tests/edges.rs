@@ -1,0 +1,49 @@
+//! Hostile and unlucky inputs at the edge: one host per request, upgrade edge cases. Each
+//! test checks what the client gets and that nothing (or exactly the right thing) reached a
+//! backend.
+
+mod support;
+
+use support::backends::HttpBackend;
+use support::clients::{raw_send, read_head};
+use support::{Switchboard, one_upstream};
+
+async fn answer(sb: &Switchboard, request: &str) -> String {
+    let mut stream = raw_send(sb.addr, request.as_bytes()).await;
+    read_head(&mut stream).await
+}
+
+#[tokio::test]
+async fn a_request_must_name_one_host_one_way() {
+    let backend = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{}\"", backend.addr), "")).await;
+    for (request, why) in [
+        ("GET / HTTP/1.1\r\n\r\n", "no Host"),
+        (
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            "two Hosts",
+        ),
+        (
+            "GET http://a.test/ HTTP/1.1\r\nHost: internal.test\r\n\r\n",
+            "absolute form naming another host",
+        ),
+    ] {
+        let head = answer(&sb, request).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{why}: {head}");
+    }
+    assert!(backend.recorded().is_empty(), "nothing reached the backend");
+
+    // The backend sees exactly the host that was routed on.
+    let head = answer(&sb, "GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = answer(&sb, "GET /y HTTP/1.0\r\n\r\n").await;
+    assert!(
+        head.starts_with("HTTP/1.0 200"),
+        "HTTP/1.0 needs no Host: {head}"
+    );
+    let seen = backend.recorded();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].headers.get_all("host").iter().count(), 1);
+    assert_eq!(seen[0].headers["host"], "a.test");
+    sb.stop().await;
+}
