@@ -30,10 +30,10 @@ pub enum ProxyError {
         /// The request path.
         path: String,
     },
-    /// The request's host is missing, given twice, or given two different ways (RFC 9112 §3.2,
-    /// RFC 9113 §8.3.1): routing and the backend could disagree about it.
-    #[error("bad host: {reason}")]
-    BadHost {
+    /// A request that cannot be forwarded as it is: a host missing, given twice or given two
+    /// different ways (RFC 9112 §3.2, RFC 9113 §8.3.1), or an upgrade that carries a body.
+    #[error("bad request: {reason}")]
+    BadRequest {
         /// What is wrong, for the log.
         reason: &'static str,
     },
@@ -93,7 +93,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadHost { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
@@ -119,7 +119,7 @@ impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::NoRoute { .. }
-            | ProxyError::BadHost { .. }
+            | ProxyError::BadRequest { .. }
             | ProxyError::MethodNotAllowed => Blame::Client,
             ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => Blame::Overload,
             ProxyError::Connect { .. }

@@ -47,3 +47,34 @@ async fn a_request_must_name_one_host_one_way() {
     assert_eq!(seen[0].headers["host"], "a.test");
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn upgrade_edge_cases_are_plain_requests_or_refused() {
+    let backend = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{}\"", backend.addr), "")).await;
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    // HTTP/1.0 has no Upgrade: a plain request (the backend sees it without Upgrade headers).
+    let head = answer(
+        &sb,
+        &format!("GET /old HTTP/1.0\r\nHost: a.test\r\n{upgrade}\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    let seen = backend.recorded();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].headers.contains_key("upgrade"));
+    // An upgrade with a body is refused before any backend is asked.
+    for body in [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let head = answer(
+            &sb,
+            &format!("GET /ws HTTP/1.1\r\nHost: a.test\r\n{upgrade}{body}"),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{body:?}: {head}");
+    }
+    assert_eq!(backend.recorded().len(), 1);
+    sb.stop().await;
+}

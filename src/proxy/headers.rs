@@ -39,7 +39,9 @@ fn has_token(headers: &HeaderMap, header: &HeaderName, token: &str) -> bool {
 /// True for a WebSocket opening handshake (RFC 6455 §4.1): GET, `Connection: upgrade` among
 /// other tokens, `Upgrade: websocket`, any case.
 pub fn is_websocket_upgrade(parts: &Parts) -> bool {
-    parts.method == Method::GET
+    // HTTP/1.0 has no Upgrade (RFC 9110 §7.8 builds on HTTP/1.1): such a request is plain.
+    parts.version == http::Version::HTTP_11
+        && parts.method == Method::GET
         && has_token(&parts.headers, &header::CONNECTION, "upgrade")
         && has_token(&parts.headers, &header::UPGRADE, "websocket")
 }

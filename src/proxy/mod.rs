@@ -209,7 +209,17 @@ pub async fn handle(
             .inc();
         return error_response(&ProxyError::MethodNotAllowed);
     }
-    if let Err(error) = router::check_host(&parts) {
+    let checked = router::check_host(&parts).and_then(|()| {
+        // An upgrade has no body (RFC 6455 §4.1): bytes behind its head would be read as frames.
+        if upgrade && conn.protocol == ClientProtocol::Http1 && has_body(&parts) {
+            Err(ProxyError::BadRequest {
+                reason: "a WebSocket upgrade with a body",
+            })
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(error) = checked {
         tracing::debug!(client = %conn.peer, error = %error, "request refused");
         proxy
             .metrics
@@ -277,6 +287,15 @@ pub async fn handle(
             .inc();
     }
     response
+}
+
+/// Whether a request head announces a body: chunked, or a non-zero length.
+fn has_body(parts: &::http::request::Parts) -> bool {
+    parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// A backend's response on its way to the client: hop-by-hop headers removed, the body streamed,

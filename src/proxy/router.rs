@@ -102,16 +102,16 @@ pub fn request_authority(parts: &http::request::Parts) -> Option<&str> {
 /// the backend sees exactly the host switchboard routed on, and a client cannot route on one
 /// name and present another to a shared backend.
 pub fn check_host(parts: &http::request::Parts) -> Result<(), crate::error::ProxyError> {
-    use crate::error::ProxyError::BadHost;
+    use crate::error::ProxyError::BadRequest;
     let mut hosts = parts.headers.get_all(http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(BadHost {
+        return Err(BadRequest {
             reason: "two Host headers",
         });
     }
     match (parts.uri.authority(), host) {
-        (None, None) if parts.version == http::Version::HTTP_11 => Err(BadHost {
+        (None, None) if parts.version == http::Version::HTTP_11 => Err(BadRequest {
             reason: "HTTP/1.1 request without Host",
         }),
         (Some(authority), Some(host))
@@ -119,7 +119,7 @@ pub fn check_host(parts: &http::request::Parts) -> Result<(), crate::error::Prox
                 .as_bytes()
                 .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
         {
-            Err(BadHost {
+            Err(BadRequest {
                 reason: "the URI's authority and Host differ",
             })
         }
