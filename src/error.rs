@@ -37,6 +37,14 @@ pub enum ProxyError {
         /// What is wrong, for the log.
         reason: &'static str,
     },
+    /// The client's request body could not be read: malformed chunked framing, or the client
+    /// went away mid-body.
+    #[error("the client's request body is malformed or incomplete")]
+    ClientBody {
+        /// What hyper saw.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// CONNECT other than an RFC 8441 WebSocket.
     #[error("CONNECT is only accepted for WebSockets over HTTP/2")]
     MethodNotAllowed,
@@ -93,7 +101,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { .. } | ProxyError::ClientBody { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
@@ -120,6 +130,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
+            | ProxyError::ClientBody { .. }
             | ProxyError::MethodNotAllowed => Blame::Client,
             ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => Blame::Overload,
             ProxyError::Connect { .. }

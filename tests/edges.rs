@@ -78,3 +78,44 @@ async fn upgrade_edge_cases_are_plain_requests_or_refused() {
     assert_eq!(backend.recorded().len(), 1);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_fault() {
+    let backend = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{}\"", backend.addr), "")).await;
+    for chunk in [
+        "fffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "-1\r\nhello\r\n0\r\n\r\n",
+        "0x10\r\nhello\r\n0\r\n\r\n",
+        &format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(100_000)),
+    ] {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+        );
+        let mut stream = raw_send(sb.addr, request.as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert!(
+            head.starts_with("HTTP/1.1 400"),
+            "{:?}: {head}",
+            &chunk[..10]
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+    let text = sb.scrape().await;
+    assert_eq!(
+        support::metric(
+            &text,
+            "switchboard_http_requests_total",
+            &[("upstream", "app"), ("code", "400")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        support::metric(&text, "switchboard_http_requests_total", &[("code", "502")]),
+        0.0
+    );
+    sb.stop().await;
+}

@@ -68,8 +68,14 @@ impl Body for ResponseBody {
 /// What a backend receives: the client's body streamed through, or nothing (a retried request
 /// without body, or a WebSocket handshake).
 pub enum RequestBody {
-    /// The client's body.
-    Client(Incoming),
+    /// The client's body; `failed` is set when reading it failed (a malformed chunk, a client
+    /// gone mid-body), so that the error is blamed on the client, not on the backend.
+    Client {
+        /// The body as hyper reads it from the client.
+        body: Incoming,
+        /// Set when reading the body failed.
+        failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    },
     /// No body.
     Empty,
 }
@@ -83,21 +89,27 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Client { body, failed } => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &frame {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                frame
+            }
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Client { body, .. } => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Client { body, .. } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

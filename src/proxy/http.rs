@@ -99,7 +99,11 @@ pub async fn forward(
         .map_or("/", |pq| pq.as_str())
         .to_owned();
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
-    let mut body = Some(RequestBody::Client(body));
+    let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut body = Some(RequestBody::Client {
+        body,
+        failed: client_body_failed.clone(),
+    });
     let mut attempts = balancer.attempts(key);
 
     loop {
@@ -142,6 +146,12 @@ pub async fn forward(
                 return Err(ProxyError::Connect {
                     backend: backend.name.clone(),
                     source: std::io::Error::other(error_chain(&e)),
+                });
+            }
+            Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                // The client's body broke (an invalid chunk, a client gone mid-body): its fault.
+                return Err(ProxyError::ClientBody {
+                    source: Box::new(e),
                 });
             }
             Ok(Err(e)) => {

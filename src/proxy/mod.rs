@@ -329,6 +329,16 @@ pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if matches!(
+        error,
+        ProxyError::ClientBody { .. } | ProxyError::BadRequest { .. }
+    ) {
+        // After a framing error the connection's byte stream cannot be trusted: close it.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     if let Some(seconds) = error.retry_after() {
         response
             .headers_mut()
