@@ -119,3 +119,34 @@ async fn a_malformed_request_body_is_the_clients_fault() {
     );
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn interim_answers_before_the_101_are_skipped() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (backend, _) = support::backends::raw_backend(|mut stream, head| async move {
+        let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </app.js>; rel=preload\r\n\r\n";
+        stream.write_all(interim.as_bytes()).await.unwrap();
+        let mut rest = support::backends::switching_protocols(&head).into_bytes();
+        rest.extend_from_slice(&[0x81, 2, b'h', b'i']);
+        stream.write_all(&rest).await.unwrap();
+        let mut sink = [0u8; 64];
+        while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let sb = Switchboard::start(&one_upstream(
+        &format!("\"{backend}\""),
+        "[drain]\nspread = \"0s\"",
+    ))
+    .await;
+    let mut ws = support::clients::ws_connect(&sb.ws_url("/ws")).await;
+    let first = tokio::time::timeout(support::DEADLINE, ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&first, Some(Ok(Message::Text(t))) if t.as_str() == "hi"),
+        "{first:?}"
+    );
+    sb.stop().await;
+}

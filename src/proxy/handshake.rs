@@ -27,14 +27,15 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most headers in a backend's response head.
 const MAX_HEADERS: usize = 100;
 
-/// The backend's answer to the handshake.
-pub enum Answer {
+/// The backend's answer to the handshake, on a connection of type `S` (a [`BackendStream`] in
+/// switchboard; any stream in tests).
+pub enum Answer<S = BackendStream> {
     /// 101: the connection is now the backend half of the tunnel.
     Switched {
         /// The 101's headers.
         headers: HeaderMap,
         /// The connection, replaying first any bytes that came right behind the 101.
-        stream: Prefixed<BackendStream>,
+        stream: Prefixed<S>,
     },
     /// Anything else, parsed by hyper, with the body still to be streamed.
     Other(Response<Incoming>),
@@ -57,12 +58,17 @@ pub enum HandshakeError {
     Hyper(#[from] hyper::Error),
 }
 
-/// Sends `GET path` with `headers` on `stream` and reads the answer.
-pub async fn exchange(
-    mut stream: BackendStream,
+/// Sends `GET path` with `headers` on `stream` and reads the answer, however the backend's
+/// bytes are split into reads. Generic so that tests can feed it a scripted stream; switchboard
+/// passes a [`BackendStream`].
+pub async fn exchange<S>(
+    mut stream: S,
     path: &str,
     headers: &HeaderMap,
-) -> Result<Answer, HandshakeError> {
+) -> Result<Answer<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"GET ");
     head.extend_from_slice(path.as_bytes());
@@ -78,8 +84,9 @@ pub async fn exchange(
     stream.flush().await?;
 
     let mut buf = BytesMut::with_capacity(1024);
+    let mut need_read = true;
     let (code, parsed, head_len) = loop {
-        if stream.read_buf(&mut buf).await? == 0 {
+        if need_read && stream.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "backend closed before answering",
@@ -91,6 +98,13 @@ pub async fn exchange(
         match response.parse(&buf)? {
             httparse::Status::Complete(len) => {
                 let code = response.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    // 100 Continue, 103 Early Hints…: informational, the real answer follows
+                    // (RFC 9110 §15.2). Dropped; a 101 behind it still opens the tunnel.
+                    buf.advance(len);
+                    need_read = buf.is_empty();
+                    continue;
+                }
                 let mut map = HeaderMap::with_capacity(response.headers.len());
                 if code == 101 {
                     for h in response.headers.iter() {
@@ -109,6 +123,7 @@ pub async fn exchange(
             }
             httparse::Status::Partial => {}
         }
+        need_read = true;
     };
 
     if code == 101 {
