@@ -137,7 +137,7 @@ async fn interim_answers_before_the_101_are_skipped() {
     .await;
     let sb = Switchboard::start(&one_upstream(
         &format!("\"{backend}\""),
-        "[drain]\nspread = \"0s\"",
+        "[drain]\nspread = \"0s\"\nclose_linger = \"100ms\"",
     ))
     .await;
     let mut ws = support::clients::ws_connect(&sb.ws_url("/ws")).await;
@@ -148,5 +148,38 @@ async fn interim_answers_before_the_101_are_skipped() {
         matches!(&first, Some(Ok(Message::Text(t))) if t.as_str() == "hi"),
         "{first:?}"
     );
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn over_h2_a_backends_2xx_that_is_no_101_does_not_open_a_tunnel() {
+    use tokio::io::AsyncWriteExt;
+    let (backend, _) = support::backends::raw_backend(|mut stream, _head| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{backend}\""), "")).await;
+    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/ws", sb.addr))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = tokio::time::timeout(support::DEADLINE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 502);
     sb.stop().await;
 }

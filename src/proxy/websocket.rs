@@ -53,6 +53,8 @@ pub async fn upgrade(
     let protocol = conn.protocol;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _empty_body) = req.into_parts();
+    // Origin rules and per-address limits, before any backend is picked.
+    let admitted = super::admission::admit(proxy, snap, upstream, &parts, conn.peer.ip())?;
     let key = balancer
         .key_spec()
         .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
@@ -139,6 +141,13 @@ pub async fn upgrade(
             }
             tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
                 status = response.status().as_u16(), "websocket handshake rejected by backend");
+            if protocol == ClientProtocol::H2 && response.status().is_success() {
+                // Over HTTP/2 a 2xx answer to extended CONNECT *is* the acceptance (RFC 8441
+                // §5): a backend's 2xx that is no 101 must not open a tunnel in the client.
+                return Err(ProxyError::BadUpgrade {
+                    backend: backend.name.clone(),
+                });
+            }
             return Ok(super::relay(response, pick.lease));
         }
         Answer::Switched { headers, stream } => (headers, stream),
@@ -163,6 +172,7 @@ pub async fn upgrade(
     let tunnel = tunnel::Tunnel {
         shared: snap.tunnel_shared[upstream].clone(),
         lease: pick.lease,
+        admitted,
         conn: conn.clone(),
         extensions,
     };
