@@ -183,3 +183,32 @@ async fn over_h2_a_backends_2xx_that_is_no_101_does_not_open_a_tunnel() {
     assert_eq!(response.status(), 502);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn split_h2_cookies_reach_an_http1_backend_as_one_header() {
+    let web = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{}\"", web.addr), "")).await;
+    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("http://{}/page", sb.addr))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = tokio::time::timeout(support::DEADLINE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = web.recorded();
+    let cookies: Vec<_> = seen[0].headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+    sb.stop().await;
+}

@@ -62,6 +62,25 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins split `cookie` fields into one, with "; " (RFC 9113 §8.2.3): an HTTP/2 client may
+/// send each cookie as its own field, and an HTTP/1.1 backend expects a single `Cookie` header.
+/// A no-op (no allocation) for zero or one field.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = header::HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`. `host` is the Host the client asked for.
 pub fn add_forwarded(

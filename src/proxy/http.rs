@@ -76,6 +76,7 @@ pub async fn forward(
         .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
     let host = super::router::request_authority(&parts).map(str::to_owned);
     headers::remove_hop_by_hop(&mut parts.headers);
+    headers::join_cookies(&mut parts.headers);
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),

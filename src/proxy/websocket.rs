@@ -66,6 +66,7 @@ pub async fn upgrade(
     }
     .unwrap_or(HeaderValue::from_static("websocket"));
     headers::remove_hop_by_hop(&mut parts.headers);
+    headers::join_cookies(&mut parts.headers);
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
