@@ -87,6 +87,7 @@ impl Frontend {
             metrics.clone(),
             stop.clone(),
             self.connections.clone(),
+            true,
             move |stream, peer, permit| {
                 let guard = ConnectionGuard::new(permit, metrics.connections_active.clone());
                 // Limits as configured now: a reload applies them to new connections.

@@ -44,13 +44,15 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 }
 
 /// Accepts until `stop` (the shutdown's, or a reload that moved the listener), handing each
-/// connection with its slot to `serve`.
+/// connection with its slot to `serve`. `count_connections`: count them as client connections
+/// (not for the admin listener).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     metrics: Metrics,
     stop: CancellationToken,
     connections: TaskTracker,
+    count_connections: bool,
     serve: F,
 ) where
     F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
@@ -68,7 +70,9 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                metrics.connections_total.inc();
+                if count_connections {
+                    metrics.connections_total.inc();
+                }
                 let _ = stream.set_nodelay(true);
                 connections.spawn(serve(stream, peer, permit));
             }

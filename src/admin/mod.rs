@@ -20,32 +20,43 @@ use crate::proxy::Proxy;
 use crate::proxy::body::ResponseBody;
 use crate::reload::Reloader;
 
-/// Serves the admin endpoints until the force token is cancelled (they stay up while draining).
+/// Admin connections served at once; more wait in the backlog (a scraper and an operator need
+/// a handful).
+const ADMIN_CONNECTIONS: usize = 64;
+/// Time an admin client has to send a request head.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the admin endpoints until the force token is cancelled (they stay up while
+/// draining). The same accept loop as the proxy's: it survives its own errors and backs off when
+/// descriptors run out, never spins.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloader>) {
     let force = proxy.shutdown.force_token().clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = force.cancelled() => return,
-        };
-        let (proxy, reloader) = (proxy.clone(), reloader.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let (proxy, reloader) = (proxy.clone(), reloader.clone());
-                async move { Ok::<_, Infallible>(respond(&proxy, &reloader, peer, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+    let metrics = proxy.metrics.clone();
+    crate::listener::accept_loop(
+        listener,
+        slots,
+        metrics,
+        force,
+        tokio_util::task::TaskTracker::new(),
+        false,
+        move |stream, peer, permit| {
+            let (proxy, reloader) = (proxy.clone(), reloader.clone());
+            async move {
+                let _permit = permit;
+                let service = service_fn(move |req| {
+                    let (proxy, reloader) = (proxy.clone(), reloader.clone());
+                    async move { Ok::<_, Infallible>(respond(&proxy, &reloader, peer, req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        },
+    )
+    .await;
 }
 
 async fn respond(
