@@ -88,6 +88,21 @@ pub enum ProxyError {
         /// Backend name.
         backend: String,
     },
+    /// The route's origin rules refuse this WebSocket upgrade (`allowed_origins`,
+    /// `require_origin`): a page of another site must not open a socket with the user's
+    /// cookies (Cross-Site WebSocket Hijacking).
+    #[error("forbidden: {reason}")]
+    Forbidden {
+        /// What was refused, for the log.
+        reason: String,
+    },
+    /// The client's address holds as many tunnels as `limits.max_tunnels_per_ip` allows, or
+    /// has opened them faster than `limits.upgrades_per_ip_per_second`.
+    #[error("client address over limits.{limit}")]
+    TooManyPerIp {
+        /// The limit's key in `[limits]`.
+        limit: &'static str,
+    },
     /// The backend answered 101 but not with a WebSocket upgrade.
     #[error("{backend} answered 101 without `Upgrade: websocket`")]
     BadUpgrade {
@@ -111,6 +126,8 @@ impl ProxyError {
             ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::RateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::TooManyPerIp { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -118,10 +135,27 @@ impl ProxyError {
     /// refused clients do not all come back in the same second.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => {
-                Some(1 + rand::random::<u64>() % 5)
-            }
+            ProxyError::NoBackend { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::TooManyPerIp { .. } => Some(1 + rand::random::<u64>() % 5),
             _ => None,
+        }
+    }
+
+    /// The `outcome` label of the request and upgrade duration histograms.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest { .. }
+            | ProxyError::ClientBody { .. }
+            | ProxyError::MethodNotAllowed
+            | ProxyError::Forbidden { .. }
+            | ProxyError::TooManyPerIp { .. } => "client_error",
+            ProxyError::NoBackend { .. } => "no_backend",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Connect { .. } => "connect_error",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::Backend { .. } | ProxyError::BadUpgrade { .. } => "bad_response",
         }
     }
 
@@ -131,7 +165,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
             | ProxyError::ClientBody { .. }
-            | ProxyError::MethodNotAllowed => Blame::Client,
+            | ProxyError::MethodNotAllowed
+            | ProxyError::Forbidden { .. }
+            | ProxyError::TooManyPerIp { .. } => Blame::Client,
             ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => Blame::Overload,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub tunnels_draining: IntGaugeVec,
     /// WebSocket upgrades refused before reaching a backend, by reason.
     pub upgrades_rejected_total: IntCounterVec,
+    /// Failed connect attempts to a backend, by reason (each attempt, apart from outcomes).
+    pub backend_connect_errors_total: IntCounterVec,
     /// Sticky-hash picks that had no key and fell back to least-conn.
     pub balancer_fallback_total: IntCounterVec,
     /// TLS handshakes by outcome and protocol version.
@@ -123,10 +125,12 @@ impl Metrics {
             upgrade_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "switchboard_upgrade_duration_seconds",
-                    "Time from the client's upgrade request to the backend's answer.",
+                    "Time from the client's upgrade request to its answer, by outcome: ok, rejected \
+                     (backend answered non-101), connect_error, timeout, bad_response, no_backend, \
+                     rate_limited, client_error.",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["upstream"],
+                &["upstream", "outcome"],
             )
             .expect("valid metric"),
             tunnel_duration_seconds: HistogramVec::new(
@@ -192,10 +196,11 @@ impl Metrics {
             http_request_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "switchboard_http_request_duration_seconds",
-                    "Plain HTTP request latency until the response head.",
+                    "Plain HTTP request latency until the response head, failures included, by outcome: \
+                     ok (the backend answered), connect_error, timeout, bad_response, no_backend, client_error.",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["upstream"],
+                &["upstream", "outcome"],
             )
             .expect("valid metric"),
             backend_up: IntGaugeVec::new(
@@ -246,9 +251,20 @@ impl Metrics {
             upgrades_rejected_total: IntCounterVec::new(
                 Opts::new(
                     "switchboard_upgrades_rejected_total",
-                    "WebSocket upgrades refused before reaching a backend, by reason (no_backend, rate_limited).",
+                    "WebSocket upgrades refused before reaching a backend, by reason: no_backend, \
+                     rate_limited (max_upgrades_per_second), origin (allowed_origins, require_origin), \
+                     per_ip_limit (limits.max_tunnels_per_ip, limits.upgrades_per_ip_per_second).",
                 ),
                 &["upstream", "reason"],
+            )
+            .expect("valid metric"),
+            backend_connect_errors_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_backend_connect_errors_total",
+                    "Failed connect attempts to a backend (one request may make several), by reason: \
+                     refused, timeout, tls, other.",
+                ),
+                &["upstream", "backend", "reason"],
             )
             .expect("valid metric"),
             balancer_fallback_total: IntCounterVec::new(
@@ -329,6 +345,7 @@ impl Metrics {
             Box::new(self.tunnels_draining.clone()),
             Box::new(self.upgrades_rejected_total.clone()),
             Box::new(self.balancer_fallback_total.clone()),
+            Box::new(self.backend_connect_errors_total.clone()),
             Box::new(self.tls_handshakes_total.clone()),
             Box::new(self.tls_handshake_duration_seconds.clone()),
             Box::new(self.tls_alpn_total.clone()),
@@ -340,13 +357,12 @@ impl Metrics {
         }
     }
 
-    /// Handles for one upstream, resolved once at startup.
+    /// Handles for one upstream, resolved once per config.
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let each = |vec: &HistogramVec| OUTCOMES.map(|o| vec.with_label_values(&[upstream, o]));
         UpstreamMetrics {
-            upgrade_duration: self.upgrade_duration_seconds.with_label_values(&[upstream]),
-            http_duration: self
-                .http_request_duration_seconds
-                .with_label_values(&[upstream]),
+            http_duration: each(&self.http_request_duration_seconds),
+            upgrade_duration: each(&self.upgrade_duration_seconds),
             fallback: self.balancer_fallback_total.with_label_values(&[upstream]),
         }
     }
@@ -396,6 +412,11 @@ impl Metrics {
                     .remove_label_values(&[upstream, backend, outcome, protocol]);
             }
         }
+        for reason in ["refused", "timeout", "tls", "other"] {
+            let _ = self
+                .backend_connect_errors_total
+                .remove_label_values(&[upstream, backend, reason]);
+        }
         for result in ["ok", "failed", "timeout"] {
             let _ = self
                 .health_checks_total
@@ -412,19 +433,44 @@ impl Metrics {
     }
 }
 
+impl UpstreamMetrics {
+    /// Observes one plain request (`upgrade` false) or upgrade that took `seconds`.
+    pub fn observe(&self, upgrade: bool, outcome: &str, seconds: f64) {
+        let index = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        let histograms = if upgrade {
+            &self.upgrade_duration
+        } else {
+            &self.http_duration
+        };
+        histograms[index].observe(seconds);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
+/// The `outcome` label values of the duration histograms.
+pub const OUTCOMES: [&str; 8] = [
+    "ok",
+    "rejected",
+    "connect_error",
+    "timeout",
+    "bad_response",
+    "no_backend",
+    "rate_limited",
+    "client_error",
+];
+
 /// Per-upstream handles used on the data path.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
-    /// Handshake latency.
-    pub upgrade_duration: Histogram,
-    /// Plain request latency.
-    pub http_duration: Histogram,
+    /// Plain request latency per outcome, in [`OUTCOMES`] order.
+    pub http_duration: [Histogram; 8],
+    /// Upgrade latency per outcome, in [`OUTCOMES`] order.
+    pub upgrade_duration: [Histogram; 8],
     /// Sticky-hash fallbacks to least-conn.
     pub fallback: IntCounter,
 }

@@ -300,13 +300,30 @@ async fn all_backends_down_is_502() {
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let text = sb.scrape().await;
+    // One handshake, one outcome; each of the two refused attempts counted apart.
     assert_eq!(
         metric(
             &text,
             "switchboard_upgrades_total",
             &[("outcome", "connect_error")]
         ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_backend_connect_errors_total",
+            &[("reason", "refused")]
+        ),
         2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_upgrade_duration_seconds_count",
+            &[("outcome", "connect_error")]
+        ),
+        1.0
     );
     sb.stop().await;
 }
@@ -425,6 +442,10 @@ async fn a_chunked_refusal_is_streamed_to_the_client() {
     sb.stop().await;
 }
 
+/// End to end: the backend writes the 101 in two writes. They may still reach switchboard as
+/// one read (the kernel coalesces what arrives before the read), so this does not prove that a
+/// split head is reassembled; [`a_101_head_delivered_in_fragments_is_reassembled`] does, over a
+/// stream that returns one fragment per read.
 #[tokio::test]
 async fn a_101_head_split_across_segments_is_reassembled() {
     let (addr, _) = raw_backend(|mut stream, head| async move {
@@ -444,4 +465,153 @@ async fn a_101_head_split_across_segments_is_reassembled() {
     assert_eq!(next_message(&mut ws).await, Message::text("after split"));
     drop(ws);
     sb.stop().await;
+}
+
+/// What a [`Scripted`] backend connection saw.
+#[derive(Default)]
+struct ScriptLog {
+    /// Reads that returned bytes (one fragment, or the part of one that fitted).
+    reads: usize,
+    /// Everything written to it: the handshake request.
+    written: Vec<u8>,
+}
+
+/// A backend connection that answers with a script, one fragment per read, deterministically:
+/// each read is first `Pending` (as a socket whose next segment has not arrived) and then
+/// returns exactly one fragment, never two together. After the script: end of stream.
+struct Scripted {
+    fragments: std::collections::VecDeque<Vec<u8>>,
+    arrived: bool,
+    log: std::sync::Arc<std::sync::Mutex<ScriptLog>>,
+}
+
+impl Scripted {
+    fn new(fragments: Vec<Vec<u8>>) -> (Scripted, std::sync::Arc<std::sync::Mutex<ScriptLog>>) {
+        let log = std::sync::Arc::default();
+        let stream = Scripted {
+            fragments: fragments.into(),
+            arrived: false,
+            log: std::sync::Arc::clone(&log),
+        };
+        (stream, log)
+    }
+}
+
+impl tokio::io::AsyncRead for Scripted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.arrived {
+            this.arrived = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        this.arrived = false;
+        if let Some(fragment) = this.fragments.front_mut() {
+            let n = fragment.len().min(buf.remaining());
+            buf.put_slice(&fragment[..n]);
+            fragment.drain(..n);
+            if fragment.is_empty() {
+                this.fragments.pop_front();
+            }
+            this.log.lock().unwrap().reads += 1;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Scripted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.log.lock().unwrap().written.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Runs switchboard's backend handshake over `fragments`; returns the 101's headers, what the
+/// stream yields after the head, and the log.
+async fn exchange_over(fragments: Vec<Vec<u8>>) -> (http::HeaderMap, Vec<u8>, ScriptLog) {
+    use switchboard::proxy::handshake::{Answer, exchange};
+    let mut request = http::HeaderMap::new();
+    request.insert("host", "backend".parse().unwrap());
+    request.insert("upgrade", "websocket".parse().unwrap());
+    request.insert("connection", "Upgrade".parse().unwrap());
+    request.insert("sec-websocket-key", SAMPLE_KEY.parse().unwrap());
+    request.insert("sec-websocket-version", "13".parse().unwrap());
+    let (stream, log) = Scripted::new(fragments);
+    let answer = tokio::time::timeout(DEADLINE, exchange(stream, "/chat", &request))
+        .await
+        .expect("the handshake ends within the deadline")
+        .expect("the answer is read");
+    let Answer::Switched { headers, stream } = answer else {
+        panic!("a 101 is a switch");
+    };
+    // What came with and after the head's last fragment, up to the end of the script.
+    let after = drain(stream).await;
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    (headers, after, log)
+}
+
+async fn drain(mut stream: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut all = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut all))
+        .await
+        .expect("end of stream within the deadline")
+        .unwrap();
+    all
+}
+
+/// RFC 6455's sample key.
+const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// The backend's 101 arrives in pieces, one per read: every split point of the head into two
+/// reads, and one byte per read. Each time the head is reassembled, the headers are parsed, no
+/// byte behind the head is lost or read twice, and reading stops at the head's last fragment.
+#[tokio::test]
+async fn a_101_head_delivered_in_fragments_is_reassembled() {
+    let reply = switching_protocols(&format!("Sec-WebSocket-Key: {SAMPLE_KEY}\r\n")).into_bytes();
+    let frame = server_frame(0x1, b"after split");
+    let accept = support::backends::accept_key(&format!("Sec-WebSocket-Key: {SAMPLE_KEY}"));
+
+    // Two reads, split at every byte of the head; the frame rides in the second read.
+    for at in 1..reply.len() {
+        let mut second = reply[at..].to_vec();
+        second.extend_from_slice(&frame);
+        let (headers, after, log) = exchange_over(vec![reply[..at].to_vec(), second]).await;
+        assert_eq!(
+            headers["sec-websocket-accept"],
+            accept.as_str(),
+            "split at {at}"
+        );
+        assert_eq!(after, frame, "split at {at}");
+        assert_eq!(log.reads, 2, "split at {at}: one read per fragment");
+        assert!(log.written.starts_with(b"GET /chat HTTP/1.1\r\n"));
+    }
+
+    // One byte per read, the head and then the frame: the head is complete after exactly
+    // `reply.len()` reads, and the frame's bytes come through the returned stream.
+    let bytes: Vec<Vec<u8>> = reply.iter().chain(&frame).map(|&b| vec![b]).collect();
+    let (headers, after, log) = exchange_over(bytes).await;
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["sec-websocket-accept"], accept.as_str());
+    assert_eq!(after, frame);
+    assert_eq!(log.reads, reply.len() + frame.len());
 }

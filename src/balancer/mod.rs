@@ -417,10 +417,7 @@ impl Balancer {
                 .choose(&|i| eligible(i) && self.backends[i].takes_turn())
                 .or_else(|| s.choose(eligible)),
             (Strategy::StickyHash(s), Some(key)) => s.choose(&self.backends, key, eligible),
-            (Strategy::StickyHash(_), None) => {
-                self.metrics.fallback.inc();
-                self.fallback.choose(&self.backends, eligible)
-            }
+            (Strategy::StickyHash(_), None) => self.fallback.choose(&self.backends, eligible),
         }
     }
 
@@ -468,6 +465,13 @@ pub struct Attempts<'a> {
 impl<'a> Attempts<'a> {
     /// The next backend to try; `None` when none is left.
     pub fn next_pick(&mut self) -> Option<Pick> {
+        if self.tried.is_empty()
+            && self.key.is_none()
+            && matches!(self.balancer.strategy, Strategy::StickyHash(_))
+        {
+            // Once per request, however many attempts and passes follow.
+            self.balancer.metrics.fallback.inc();
+        }
         self.balancer.pick(self.key, &mut self.tried)
     }
 

@@ -112,9 +112,11 @@ pub async fn connect(
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         let retry = attempts.failed(&pick);
-        snap.count_upgrade(upstream, &backend, "connect_error", protocol);
+        snap.count_connect_error(upstream, &backend, &error);
         tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
         if !retry {
+            // The handshake's outcome, counted once (each attempt is counted above).
+            snap.count_upgrade(upstream, &backend, "connect_error", protocol);
             return Err(ProxyError::Connect {
                 backend: backend.name.clone(),
                 source: error,

@@ -5,7 +5,7 @@
 //! first attempt. Anything else gets 502 after its one attempt.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::{Body, Incoming};
@@ -69,7 +69,6 @@ pub async fn forward(
     conn: &ConnInfo,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let balancer = &snap.balancers[upstream];
-    let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let key = balancer
         .key_spec()
@@ -140,6 +139,15 @@ pub async fn forward(
             }
             Ok(Err(e)) if e.is_connect() => {
                 let may_retry = attempts.failed(&pick);
+                let chain = error_chain(&e);
+                let kind = if chain.contains("refused") {
+                    std::io::ErrorKind::ConnectionRefused
+                } else if chain.contains("timed out") {
+                    std::io::ErrorKind::TimedOut
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                snap.count_connect_error(upstream, &backend, &std::io::Error::new(kind, chain));
                 tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "backend connect failed");
                 if retryable && may_retry {
                     continue;
@@ -163,10 +171,6 @@ pub async fn forward(
             }
             Ok(Ok(response)) => {
                 attempts.succeeded(&pick);
-                balancer
-                    .metrics
-                    .http_duration
-                    .observe(started.elapsed().as_secs_f64());
                 return Ok(super::relay(response, pick.lease));
             }
         }

@@ -1,6 +1,7 @@
 //! The request path: route, then either forward a plain request or complete a WebSocket
 //! upgrade and hand the two streams to a tunnel.
 
+pub mod admission;
 pub mod body;
 pub mod connect;
 pub mod handshake;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use ::http::{Method, Request, Response, header};
+use ::http::{Method, Request, Response, StatusCode, header};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use prometheus::IntGauge;
@@ -52,6 +53,8 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     /// Backends a reload removed, until their last tunnel is gone.
     leaving: Mutex<Vec<(String, Arc<Backend>)>>,
+    /// Per-client-address tunnel counts and upgrade buckets; survives reloads.
+    pub admission: Arc<admission::PerIp>,
 }
 
 impl Proxy {
@@ -70,6 +73,7 @@ impl Proxy {
             shutdown,
             snapshot: ArcSwap::from_pointee(first),
             leaving: Mutex::new(Vec::new()),
+            admission: Arc::new(admission::PerIp::new()),
         }
     }
 
@@ -245,11 +249,25 @@ pub async fn handle(
         return error_response(&error);
     };
     let req = Request::from_parts(parts, body);
+    let started = std::time::Instant::now();
     let result = if upgrade {
         websocket::upgrade(&proxy, &snap, upstream, req, &conn).await
     } else {
         http::forward(&snap, upstream, req, &conn).await
     };
+    // Every request is observed, failures too: slow failures are what p99 dashboards need.
+    let outcome = match &result {
+        Ok(response) if upgrade => match response.status() {
+            StatusCode::SWITCHING_PROTOCOLS => "ok",
+            StatusCode::OK if conn.protocol == ClientProtocol::H2 => "ok",
+            _ => "rejected",
+        },
+        Ok(_) => "ok",
+        Err(error) => error.outcome(),
+    };
+    snap.balancers[upstream]
+        .metrics
+        .observe(upgrade, outcome, started.elapsed().as_secs_f64());
     let response = result.unwrap_or_else(|error| {
         let upstream_name = &snap.balancers[upstream].name;
         match error.blame() {

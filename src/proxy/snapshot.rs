@@ -149,6 +149,27 @@ impl Snapshot {
         })
     }
 
+    /// Counts one failed connect attempt in `switchboard_backend_connect_errors_total`.
+    pub fn count_connect_error(&self, upstream: usize, backend: &Backend, error: &std::io::Error) {
+        let text = error.to_string();
+        let reason = match error.kind() {
+            std::io::ErrorKind::ConnectionRefused => "refused",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ if text.contains("certificate") || text.contains("tls") || text.contains("TLS") => {
+                "tls"
+            }
+            _ => "other",
+        };
+        self.metrics
+            .backend_connect_errors_total
+            .with_label_values(&[
+                self.balancers[upstream].name.as_str(),
+                backend.name.as_str(),
+                reason,
+            ])
+            .inc();
+    }
+
     /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total`.
     pub fn count_upgrade(
         &self,

@@ -127,10 +127,6 @@ pub async fn upgrade(
         }
         Ok(Ok(answer)) => answer,
     };
-    balancer
-        .metrics
-        .upgrade_duration
-        .observe(started.elapsed().as_secs_f64());
 
     let (backend_headers, backend_io) = match answer {
         Answer::Other(response) => {
