@@ -15,11 +15,12 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::config::Limits;
+use crate::proxy::handshake::Prefixed;
 use crate::proxy::{self, ClientProtocol, ConnInfo, ConnectionGuard, Proxy};
 use crate::tls::server::TlsTerminator;
 
@@ -56,7 +57,9 @@ pub async fn serve_connection(
                 serve_http(proxy, limits, accepted.stream, conn).await;
             }
             None => {
-                let Some(protocol) = sniff_protocol(&stream, limits.header_read_timeout).await
+                let mut stream = stream;
+                let Some((protocol, taken)) =
+                    sniff_protocol(&mut stream, limits.header_read_timeout).await
                 else {
                     return;
                 };
@@ -66,7 +69,12 @@ pub async fn serve_connection(
                     protocol,
                     guard,
                 };
-                serve_http(proxy, limits, stream, conn).await;
+                if taken.is_empty() {
+                    serve_http(proxy, limits, stream, conn).await;
+                } else {
+                    let replay = Prefixed::new(taken.into(), stream);
+                    serve_http(proxy, limits, replay, conn).await;
+                }
             }
         }
     }
@@ -74,29 +82,49 @@ pub async fn serve_connection(
     .await
 }
 
-/// HTTP/2 if the client starts with the h2 preface, else HTTP/1.1. Looks at the first bytes
-/// without consuming them. `None`: the client closed or sent nothing in time.
-async fn sniff_protocol(stream: &TcpStream, timeout: Duration) -> Option<ClientProtocol> {
+/// HTTP/2 if the client starts with the h2 preface, else HTTP/1.1, and the bytes that had to be
+/// read to tell (usually none: the first bytes are peeked). `None`: the client closed or sent
+/// nothing in time. A client that sends one byte and stops is waited for by a real read with
+/// the deadline, never by polling.
+async fn sniff_protocol(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Option<(ClientProtocol, Vec<u8>)> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 3];
-    loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut first))
+    let n = tokio::time::timeout_at(deadline, stream.peek(&mut first))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    if !H2_PREFACE.starts_with(&first[..n]) {
+        return Some((ClientProtocol::Http1, Vec::new()));
+    }
+    if n == first.len() {
+        // "PRI" is no HTTP/1.1 method: the preface was designed to be told apart this way.
+        return Some((ClientProtocol::H2, Vec::new()));
+    }
+    // Fewer than three bytes so far, all matching the preface: read them (a read waits for
+    // more data; a peek would return at once and spin) and hand them back to be replayed.
+    let mut taken = Vec::with_capacity(first.len());
+    while taken.len() < first.len() {
+        let mut byte = [0u8; 3];
+        let want = first.len() - taken.len();
+        let got = tokio::time::timeout_at(deadline, stream.read(&mut byte[..want]))
             .await
             .ok()?
             .ok()?;
-        if n == 0 {
+        if got == 0 {
             return None;
         }
-        if !H2_PREFACE.starts_with(&first[..n]) {
-            return Some(ClientProtocol::Http1);
+        taken.extend_from_slice(&byte[..got]);
+        if !H2_PREFACE.starts_with(&taken) {
+            return Some((ClientProtocol::Http1, taken));
         }
-        if n == first.len() {
-            // "PRI" is no HTTP/1.1 method: the preface was designed to be told apart this way.
-            return Some(ClientProtocol::H2);
-        }
-        // Fewer than three bytes so far, all matching the preface: wait for the rest.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    Some((ClientProtocol::H2, taken))
 }
 
 /// Runs a hyper connection; on drain asks it to finish (HTTP/1.1: after the current request;

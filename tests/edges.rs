@@ -212,3 +212,40 @@ async fn split_h2_cookies_reach_an_http1_backend_as_one_header() {
     assert_eq!(cookies, ["a=1; b=2"]);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_one_byte_of_the_h2_preface_is_closed_at_the_deadline() {
+    use tokio::io::AsyncReadExt;
+    let backend = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&one_upstream(
+        &format!("\"{}\"", backend.addr),
+        "[limits]\nheader_read_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut stream = raw_send(sb.addr, b"P").await;
+    let mut rest = [0u8; 16];
+    let end = tokio::time::timeout(support::DEADLINE, stream.read(&mut rest))
+        .await
+        .expect("closed within the deadline");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    // And a client that goes on with the whole preface byte by byte still gets HTTP/2 (the
+    // bytes read to tell are replayed to the HTTP/2 server).
+    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("http://{}/h2", sb.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = tokio::time::timeout(support::DEADLINE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    sb.stop().await;
+}

@@ -17,6 +17,7 @@ use support::backends::EchoBackend;
 use support::clients::{raw_send, read_to_end};
 use support::tls::{TempDir, TestCa, peer_names, server_config, tls_connect};
 use support::{DEADLINE, Switchboard, eventually, metric};
+use switchboard::tls::server::Checked;
 
 fn tls_table(cert: &std::path::Path, key: &std::path::Path, extra: &str) -> String {
     format!(
@@ -163,6 +164,17 @@ async fn certificate_swap_on_disk_is_picked_up_and_a_broken_file_is_ignored() {
     let held = tls_connect(sb.addr, "site.test", client.clone()).await;
     assert!(peer_names(&held).contains(&"v1.site.test".to_owned()));
 
+    let label = cert.display().to_string();
+    let reloads = |text: &str, outcome: &str| {
+        metric(
+            text,
+            "switchboard_tls_cert_reloads_total",
+            &[("cert", &label), ("outcome", outcome)],
+        )
+    };
+    let before_renewal = sb.scrape().await;
+    let errors_before_renewal = reloads(&before_renewal, "error");
+
     // Renewal: both files replaced, as certbot does.
     let renewed = ca.leaf(&["site.test", "v2.site.test"]);
     std::fs::write(&key, &renewed.key_pem).unwrap();
@@ -176,23 +188,27 @@ async fn certificate_swap_on_disk_is_picked_up_and_a_broken_file_is_ignored() {
     .await;
     // The connection made before keeps working with its certificate.
     assert!(peer_names(&held).contains(&"v1.site.test".to_owned()));
+    let text = sb.scrape().await;
+    assert_eq!(
+        reloads(&text, "error"),
+        errors_before_renewal,
+        "a normal renewal is not an error"
+    );
+    assert_eq!(reloads(&text, "ok"), reloads(&before_renewal, "ok") + 1.0);
 
-    // A broken renewal: the last good certificate stays, the failure is counted.
+    // A broken renewal: the last good certificate stays, the failure is counted once.
+    let errors_before = reloads(&text, "error");
     std::fs::write(
         &cert,
         "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    eventually("the broken file is noticed", || async {
-        let text = sb.scrape().await;
-        (metric(
-            &text,
-            "switchboard_tls_cert_reloads_total",
-            &[("outcome", "error")],
-        ) >= 1.0)
-            .then_some(())
+    let errors = eventually("the broken file is noticed", || async {
+        let errors = reloads(&sb.scrape().await, "error");
+        (errors > errors_before).then_some(errors)
     })
     .await;
+    assert_eq!(errors, errors_before + 1.0);
     let after = tls_connect(sb.addr, "site.test", client.clone()).await;
     assert!(peer_names(&after).contains(&"v2.site.test".to_owned()));
     drop((held, after));
@@ -234,7 +250,19 @@ async fn config_errors_name_the_key_and_the_file() {
         "{e}"
     );
 
+    // A certificate file with only a key in it (the two paths swapped).
     let e = check(&key, &key);
+    assert_eq!(e.key.as_deref(), Some("tls.cert"));
+    assert!(
+        e.message.contains("a.key") && e.message.contains("is a private key"),
+        "{e}"
+    );
+    assert!(e.message.contains("only CERTIFICATE blocks"), "{e}");
+
+    // A file with no PEM block at all.
+    let empty = dir.path("empty.pem");
+    std::fs::write(&empty, "not PEM\n").unwrap();
+    let e = check(&empty, &key);
     assert_eq!(e.key.as_deref(), Some("tls.cert"));
     assert!(e.message.contains("no PEM certificate"), "{e}");
 
@@ -246,6 +274,280 @@ async fn config_errors_name_the_key_and_the_file() {
     assert_eq!(
         (e.line, e.key.as_deref()),
         (Some(6), Some("upstream.app.tls.ca"))
+    );
+}
+
+/// A malformed or unexpected PEM block is an error naming the file and the config key, not a
+/// block skipped in silence (which served the leaf without its chain, or a truncated chain).
+#[test]
+fn malformed_or_unexpected_pem_blocks_are_config_errors() {
+    let ca = TestCa::new("test CA");
+    let dir = TempDir::new("pem-blocks");
+    let leaf = ca.leaf(&["site.test"]);
+    let other = ca.leaf(&["other.test"]);
+    let (good_cert, good_key) = (dir.path("good.pem"), dir.path("good.key"));
+    std::fs::write(&good_cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&good_key, &leaf.key_pem).unwrap();
+    let body = route_to("\"127.0.0.1:1\"", "");
+    // Writes `contents` as `name` and validates a config using it as the cert (or the key) file.
+    let check = |name: &str, contents: String, as_cert: bool| {
+        let path = dir.path(name);
+        std::fs::write(&path, contents).unwrap();
+        let (cert, key) = if as_cert {
+            (path.as_path(), good_key.as_path())
+        } else {
+            (good_cert.as_path(), path.as_path())
+        };
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n{}{body}",
+            tls_table(cert, key, "")
+        );
+        let e = switchboard::config::from_toml_str(&text, "tls.toml")
+            .expect_err("the config must be rejected");
+        let (line, key) = if as_cert {
+            (3, "tls.cert")
+        } else {
+            (4, "tls.key")
+        };
+        assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+        assert!(e.message.contains(name), "the message names the file: {e}");
+        e.message
+    };
+    // The well-formed pair loads: the errors below come from the added blocks.
+    switchboard::tls::load_certified_key(&good_cert, &good_key).expect("the good pair loads");
+
+    // Certificate files.
+    let truncated = {
+        let lines: Vec<&str> = other.cert_pem.lines().collect();
+        lines[..lines.len() / 2].join("\n") + "\n"
+    };
+    let m = check(
+        "truncated.pem",
+        format!("{}{truncated}", leaf.cert_pem),
+        true,
+    );
+    assert!(m.contains("has no END line"), "{m}");
+    let m = check(
+        "truncated-middle.pem",
+        format!("{}{truncated}{}", leaf.cert_pem, other.cert_pem),
+        true,
+    );
+    assert!(m.contains("has no END line before the next BEGIN"), "{m}");
+    let m = check(
+        "garbage.pem",
+        format!(
+            "{}-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+            leaf.cert_pem
+        ),
+        true,
+    );
+    assert!(m.contains("block 2") && m.contains("malformed"), "{m}");
+    let m = check(
+        "not-der.pem",
+        format!(
+            "{}-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+            leaf.cert_pem
+        ),
+        true,
+    );
+    assert!(m.contains("certificate 2 of the chain"), "{m}");
+    let m = check(
+        "combined.pem",
+        format!("{}{}", leaf.cert_pem, leaf.key_pem),
+        true,
+    );
+    assert!(
+        m.contains("block 2 (`PRIVATE KEY`") && m.contains("is a private key"),
+        "{m}"
+    );
+    assert!(
+        m.contains("named by `key`"),
+        "the hint says where the key goes: {m}"
+    );
+    let m = check(
+        "unknown.pem",
+        format!(
+            "{}-----BEGIN CERTIFCATE-----\nAAAA\n-----END CERTIFCATE-----\n",
+            leaf.cert_pem
+        ),
+        true,
+    );
+    assert!(
+        m.contains("`CERTIFCATE`") && m.contains("is not a certificate"),
+        "{m}"
+    );
+    let m = check(
+        "stray-end.pem",
+        format!("{}-----END CERTIFICATE-----\n", leaf.cert_pem),
+        true,
+    );
+    assert!(m.contains("without a BEGIN line"), "{m}");
+
+    // Key files: exactly one private key.
+    let m = check(
+        "two-keys.key",
+        format!("{}{}", leaf.key_pem, other.key_pem),
+        false,
+    );
+    assert!(
+        m.contains("2 private keys") && m.contains("exactly one"),
+        "{m}"
+    );
+    let m = check(
+        "key-and-cert.key",
+        format!("{}{}", leaf.key_pem, leaf.cert_pem),
+        false,
+    );
+    assert!(
+        m.contains("`CERTIFICATE`") && m.contains("is not a private key"),
+        "{m}"
+    );
+    let m = check(
+        "garbage.key",
+        "-----BEGIN PRIVATE KEY-----\n!!not base64!!\n-----END PRIVATE KEY-----\n".to_owned(),
+        false,
+    );
+    assert!(m.contains("malformed"), "{m}");
+    let m = check(
+        "encrypted.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n"
+            .to_owned(),
+        false,
+    );
+    assert!(m.contains("is encrypted"), "{m}");
+}
+
+/// Accepts one TLS connection with `terminator` on a fresh 127.0.0.1:0 socket and returns the
+/// names of the certificate it presented for `site.test`.
+async fn names_served(
+    terminator: &switchboard::tls::server::TlsTerminator,
+    client: Arc<rustls::ClientConfig>,
+) -> Vec<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::time::timeout(DEADLINE, terminator.accept(tcp))
+            .await
+            .expect("server handshake within the deadline")
+            .expect("server handshake")
+    };
+    let (accepted, stream) = tokio::join!(server, tls_connect(addr, "site.test", client));
+    drop(accepted);
+    peer_names(&stream)
+}
+
+/// certbot writes the key, then the certificate. A check between the two writes must not load
+/// the new key with the old certificate (a mismatch, logged as an error on every renewal): the
+/// watcher reloads a pair only once its files were unchanged for one check.
+#[tokio::test]
+async fn a_renewal_writing_the_key_first_reloads_once_without_an_error() {
+    let ca = TestCa::new("test CA");
+    let dir = TempDir::new("settle");
+    let (cert, key) = ca.write_leaf(&dir, "site", &["site.test", "v1.site.test"]);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{}{}",
+        tls_table(&cert, &key, ""),
+        route_to("\"127.0.0.1:1\"", "")
+    );
+    let config = switchboard::config::from_toml_str(&text, "settle.toml").unwrap();
+    let tls = config.tls.expect("[tls]");
+    let metrics = switchboard::metrics::Metrics::new();
+    let terminator =
+        Arc::new(switchboard::tls::server::TlsTerminator::new(&tls, metrics.clone()).unwrap());
+    // The watcher without its timer: each `check` is one tick of `reload_interval`.
+    let mut watcher = terminator.watcher(&tls);
+    let client = ca.client_config(&[b"http/1.1"]);
+    assert!(
+        names_served(&terminator, client.clone())
+            .await
+            .contains(&"v1.site.test".into())
+    );
+
+    let label = cert.display().to_string();
+    let reloads = |outcome: &str| {
+        metrics
+            .tls_cert_reloads_total
+            .with_label_values(&[label.as_str(), outcome])
+            .get()
+    };
+    let (ok_before, errors_before) = (reloads("ok"), reloads("error"));
+    assert_eq!(watcher.check(), Checked::default(), "nothing changed yet");
+
+    let renewed = ca.leaf(&["site.test", "v2.site.test"]);
+    std::fs::write(&key, &renewed.key_pem).unwrap();
+    // Tick N: the new key is seen, beside the old certificate. Nothing is loaded yet.
+    assert_eq!(
+        watcher.check(),
+        Checked {
+            settling: 1,
+            ..Checked::default()
+        }
+    );
+    assert_eq!(
+        (reloads("ok"), reloads("error")),
+        (ok_before, errors_before)
+    );
+
+    std::fs::write(&cert, &renewed.cert_pem).unwrap();
+    // Tick N+1: changed again (the certificate): still settling.
+    assert_eq!(
+        watcher.check(),
+        Checked {
+            settling: 1,
+            ..Checked::default()
+        }
+    );
+    assert_eq!(
+        (reloads("ok"), reloads("error")),
+        (ok_before, errors_before)
+    );
+    assert!(
+        names_served(&terminator, client.clone())
+            .await
+            .contains(&"v1.site.test".into())
+    );
+
+    // Tick N+2: unchanged for one interval: loaded, once, as a matching pair.
+    assert_eq!(
+        watcher.check(),
+        Checked {
+            reloaded: 1,
+            ..Checked::default()
+        }
+    );
+    assert_eq!(reloads("error"), errors_before, "a renewal is not an error");
+    assert_eq!(reloads("ok"), ok_before + 1);
+    assert!(
+        names_served(&terminator, client.clone())
+            .await
+            .contains(&"v2.site.test".into())
+    );
+
+    // And nothing more happens while the files stay as they are.
+    assert_eq!(watcher.check(), Checked::default());
+    assert_eq!(
+        (reloads("ok"), reloads("error")),
+        (ok_before + 1, errors_before)
+    );
+
+    // A key that stays alone (no certificate follows) is a real mismatch: counted once.
+    let stray = ca.leaf(&["site.test", "v3.site.test"]);
+    std::fs::write(&key, &stray.key_pem).unwrap();
+    assert_eq!(watcher.check().settling, 1);
+    assert_eq!(
+        watcher.check(),
+        Checked {
+            failed: 1,
+            ..Checked::default()
+        }
+    );
+    assert_eq!(watcher.check(), Checked::default());
+    assert_eq!(reloads("error"), errors_before + 1);
+    assert!(
+        names_served(&terminator, client.clone())
+            .await
+            .contains(&"v2.site.test".into())
     );
 }
 

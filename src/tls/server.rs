@@ -215,16 +215,10 @@ impl TlsTerminator {
     }
 
     /// Re-reads certificate files whose modification time or size changed, every
-    /// `reload_interval`, until shutdown. The only writer of the certificate snapshot.
+    /// `reload_interval`, until shutdown: one [`CertWatcher::check`] per interval. The only
+    /// writer of the certificate snapshot besides [`TlsTerminator::replace`].
     pub async fn watch(self: Arc<Self>, config: TlsConfig, shutdown: Shutdown) {
-        let mut certs: Vec<(Certificate, Option<Stamp>)> = config
-            .certificates
-            .into_iter()
-            .map(|c| {
-                let stamp = stamp(&c.cert, &c.key);
-                (c, stamp)
-            })
-            .collect();
+        let mut watcher = self.watcher(&config);
         let mut ticks = tokio::time::interval(config.reload_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -232,45 +226,124 @@ impl TlsTerminator {
                 _ = ticks.tick() => {}
                 _ = shutdown.stop_token().cancelled() => return,
             }
-            let mut changed = false;
-            for (cert, seen) in &mut certs {
-                let now = stamp(&cert.cert, &cert.key);
-                if now == *seen {
-                    continue;
+            watcher.check();
+        }
+    }
+
+    /// The reload logic of [`TlsTerminator::watch`] without its timer, for the certificates of
+    /// `config` as they are on disk now.
+    pub fn watcher(self: &Arc<Self>, config: &TlsConfig) -> CertWatcher {
+        let certs = config
+            .certificates
+            .iter()
+            .map(|c| {
+                let now = stamp(&c.cert, &c.key);
+                Watched {
+                    cert: c.clone(),
+                    seen: now,
+                    loaded: now,
                 }
-                *seen = now;
-                let label = cert.cert.display().to_string();
-                match super::load_certified_key(&cert.cert, &cert.key) {
-                    Ok((loaded, info)) => {
-                        cert.loaded = loaded;
-                        cert.info = info;
-                        set_expiry(&self.metrics, cert);
-                        self.metrics
-                            .tls_cert_reloads_total
-                            .with_label_values(&[label.as_str(), "ok"])
-                            .inc();
-                        tracing::info!(cert = %label, names = ?names_of(cert), not_after = cert.info.not_after, "certificate reloaded");
-                        changed = true;
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .tls_cert_reloads_total
-                            .with_label_values(&[label.as_str(), "error"])
-                            .inc();
-                        tracing::error!(cert = %label, error = %e, "certificate reload failed; keeping the previous certificate");
-                    }
+            })
+            .collect();
+        CertWatcher {
+            terminator: self.clone(),
+            certs,
+        }
+    }
+}
+
+/// Watches certificate files and reloads them into a [`TlsTerminator`], one
+/// [`check`](CertWatcher::check) at a time ([`TlsTerminator::watch`] checks once per
+/// `reload_interval`).
+///
+/// A pair is reloaded only once its files have stopped changing: seen changed at one check and
+/// unchanged at the next. A renewal writes two files one after the other (certbot and most
+/// scripts write the key, then the certificate), and loading between the two writes would pair
+/// the new key with the old certificate: a mismatch, logged as an error, on every normal
+/// renewal. Waiting costs one interval.
+pub struct CertWatcher {
+    terminator: Arc<TlsTerminator>,
+    certs: Vec<Watched>,
+}
+
+/// One cert/key pair under watch.
+struct Watched {
+    cert: Certificate,
+    /// The files' stamp at the previous check.
+    seen: Option<Stamp>,
+    /// The stamp of the files last loaded, or last tried.
+    loaded: Option<Stamp>,
+}
+
+/// What one [`CertWatcher::check`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Pairs whose files changed since the previous check: reloaded at the next check if they
+    /// stay as they are.
+    pub settling: usize,
+    /// Pairs reloaded.
+    pub reloaded: usize,
+    /// Pairs whose reload failed; they keep their previous certificate.
+    pub failed: usize,
+}
+
+impl CertWatcher {
+    /// Looks at every pair's files once: notes the ones that changed, reloads the ones that
+    /// changed before the previous check and not since, and publishes the new certificates for
+    /// the next handshakes. Each reload is counted in `switchboard_tls_cert_reloads_total`.
+    pub fn check(&mut self) -> Checked {
+        let metrics = &self.terminator.metrics;
+        let mut checked = Checked::default();
+        for watched in &mut self.certs {
+            let now = stamp(&watched.cert.cert, &watched.cert.key);
+            if now != watched.seen {
+                watched.seen = now;
+                if now != watched.loaded {
+                    checked.settling += 1;
+                    tracing::debug!(cert = %watched.cert.cert.display(), "certificate files changed; reloading once they stay unchanged for one interval");
                 }
+                continue;
             }
-            if changed {
-                let snapshot: Vec<_> = certs
-                    .iter()
-                    .map(|(c, _)| (names_of(c), c.loaded.clone()))
-                    .collect();
-                self.resolver
-                    .store
-                    .store(Arc::new(CertStore::build(&snapshot)));
+            if now == watched.loaded {
+                continue;
+            }
+            watched.loaded = now;
+            let cert = &mut watched.cert;
+            let label = cert.cert.display().to_string();
+            match super::load_certified_key(&cert.cert, &cert.key) {
+                Ok((loaded, info)) => {
+                    cert.loaded = loaded;
+                    cert.info = info;
+                    set_expiry(metrics, cert);
+                    metrics
+                        .tls_cert_reloads_total
+                        .with_label_values(&[label.as_str(), "ok"])
+                        .inc();
+                    tracing::info!(cert = %label, names = ?names_of(cert), not_after = cert.info.not_after, "certificate reloaded");
+                    checked.reloaded += 1;
+                }
+                Err(e) => {
+                    metrics
+                        .tls_cert_reloads_total
+                        .with_label_values(&[label.as_str(), "error"])
+                        .inc();
+                    tracing::error!(cert = %label, error = %e, "certificate reload failed; keeping the previous certificate");
+                    checked.failed += 1;
+                }
             }
         }
+        if checked.reloaded > 0 {
+            let snapshot: Vec<_> = self
+                .certs
+                .iter()
+                .map(|w| (names_of(&w.cert), w.cert.loaded.clone()))
+                .collect();
+            self.terminator
+                .resolver
+                .store
+                .store(Arc::new(CertStore::build(&snapshot)));
+        }
+        checked
     }
 }
 
