@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use support::tls::{TempDir, TestCa};
 
-use switchboard::config::{ConfigError, HealthCheck, HealthCheckKind, from_toml_str};
+use switchboard::config::{
+    ConfigError, HealthCheck, HealthCheckKind, HostPattern, OriginPattern, OriginPolicy,
+    from_toml_str,
+};
 
 fn error_of(text: &str) -> ConfigError {
     from_toml_str(text, "bad.toml").expect_err("config should be rejected")
@@ -725,4 +728,295 @@ fn admin_token_file_is_read_and_checked() {
     );
     let reason = std::fs::read(&missing).unwrap_err().to_string();
     assert!(e.to_string().contains(&reason), "{e}");
+}
+
+/// A config whose one route ends with `route_lines`, the first of them on line 6.
+fn route_with(route_lines: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:1\"\n[upstream.app]\nservers = [\"127.0.0.1:2\"]\n[[route]]\nupstream = \"app\"\n{route_lines}"
+    )
+}
+
+#[test]
+fn origin_rules_and_per_ip_limits_are_off_by_default() {
+    let c = from_toml_str(&minimal_with(""), "t").unwrap();
+    assert_eq!(c.route_origins, [OriginPolicy::default()]);
+    assert!(c.route_origins[0].is_open());
+    assert_eq!(c.limits.max_tunnels_per_ip, None);
+    assert_eq!(c.limits.upgrades_per_ip_per_second, None);
+    let c = from_toml_str(
+        &minimal_with(
+            "[limits]\nmax_tunnels_per_ip = \"off\"\nupgrades_per_ip_per_second = \"OFF\"\n",
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_tunnels_per_ip, None);
+    assert_eq!(c.limits.upgrades_per_ip_per_second, None);
+}
+
+#[test]
+fn origin_rules_and_per_ip_limits_values() {
+    let c = from_toml_str(
+        &route_with(concat!(
+            "allowed_origins = [\"HTTPS://Chat.Example.com\", \"https://*.Example.com:443\",\n",
+            "  \"http://localhost:3000\", \"null\", \"http://[::1]:8080\", \"app://local\"]\n",
+            "require_origin = true\n",
+        )),
+        "t",
+    )
+    .unwrap();
+    let site = |scheme: &str, host: HostPattern, port| OriginPattern::Site {
+        scheme: scheme.into(),
+        host,
+        port,
+    };
+    assert_eq!(
+        c.route_origins[0],
+        OriginPolicy {
+            allowed: Some(vec![
+                site(
+                    "https",
+                    HostPattern::Exact("chat.example.com".into()),
+                    Some(443)
+                ),
+                site(
+                    "https",
+                    HostPattern::Wildcard(".example.com".into()),
+                    Some(443)
+                ),
+                site("http", HostPattern::Exact("localhost".into()), Some(3000)),
+                OriginPattern::Null,
+                site("http", HostPattern::Exact("[::1]".into()), Some(8080)),
+                site("app", HostPattern::Exact("local".into()), None),
+            ]),
+            require: true,
+        }
+    );
+    // An empty list is valid: no browser page may connect, clients without Origin may.
+    let c = from_toml_str(&route_with("allowed_origins = []\n"), "t").unwrap();
+    assert_eq!(c.route_origins[0].allowed, Some(vec![]));
+    assert!(!c.route_origins[0].require);
+
+    for (extra, tunnels, rate) in [
+        (
+            "max_tunnels_per_ip = 100\nupgrades_per_ip_per_second = 5\n",
+            Some(100),
+            Some((5.0, 5)),
+        ),
+        ("upgrades_per_ip_per_second = 0.5\n", None, Some((0.5, 1))),
+        ("upgrades_per_ip_per_second = 2.5\n", None, Some((2.5, 3))),
+        ("max_tunnels_per_ip = 1\n", Some(1), None),
+    ] {
+        let c = from_toml_str(&minimal_with(&format!("[limits]\n{extra}")), "t").unwrap();
+        assert_eq!(c.limits.max_tunnels_per_ip, tunnels, "{extra}");
+        assert_eq!(c.limits.upgrades_per_ip_per_second, rate, "{extra}");
+    }
+}
+
+#[test]
+fn bad_origins_name_the_entry_line_and_key() {
+    const KEY: &str = "route.allowed_origins";
+    for (lines, line, key, says) in [
+        (
+            "allowed_origins = [\"chat.example.com\"]\n",
+            6,
+            KEY,
+            "no scheme",
+        ),
+        (
+            "allowed_origins = [\"https://chat.example.com/\"]\n",
+            6,
+            KEY,
+            "not even a trailing /",
+        ),
+        (
+            "allowed_origins = [\"https://chat.example.com/app\"]\n",
+            6,
+            KEY,
+            "no path",
+        ),
+        (
+            "allowed_origins = [\n  \"https://ok.example.com\",\n  \"https://chat.*.com\",\n]\n",
+            8,
+            KEY,
+            "only allowed as the whole first label",
+        ),
+        (
+            "allowed_origins = [\"https://*\"]\n",
+            6,
+            KEY,
+            "whole first label",
+        ),
+        (
+            "allowed_origins = [\"https://chat.example.com:99999\"]\n",
+            6,
+            KEY,
+            "port is not a number from 1 to 65535",
+        ),
+        (
+            "allowed_origins = [\"https://chat.example.com:\"]\n",
+            6,
+            KEY,
+            "port",
+        ),
+        (
+            "allowed_origins = [\"*\"]\n",
+            6,
+            KEY,
+            "leave allowed_origins out",
+        ),
+        (
+            "allowed_origins = [\"https://me@chat.example.com\"]\n",
+            6,
+            KEY,
+            "user name",
+        ),
+        (
+            "allowed_origins = [\"https://bücher.example\"]\n",
+            6,
+            KEY,
+            "xn--",
+        ),
+        (
+            "allowed_origins = [\"https://\"]\n",
+            6,
+            KEY,
+            "host is missing",
+        ),
+        (
+            "allowed_origins = [\"https://[::1\"]\n",
+            6,
+            KEY,
+            "closing ]",
+        ),
+        ("allowed_origins = [\"\"]\n", 6, KEY, "no scheme"),
+        (
+            "allowed_origins = [\n  \"https://chat.example.com\",\n  \"https://a b.example.com\"]\n",
+            8,
+            KEY,
+            "not a valid name",
+        ),
+        (
+            "allowed_origins = []\nrequire_origin = true\n",
+            7,
+            "route.require_origin",
+            "no WebSocket can ever open",
+        ),
+        (
+            "allowed_origins = \"https://chat.example.com\"\n",
+            6,
+            "allowed_origins",
+            "invalid type",
+        ),
+        (
+            "require_origin = \"yes\"\n",
+            6,
+            "require_origin",
+            "invalid type",
+        ),
+        (
+            "allowed_origin = [\"https://chat.example.com\"]\n",
+            6,
+            "allowed_origin",
+            "unknown field",
+        ),
+    ] {
+        let e = error_of(&route_with(lines));
+        let text = e.to_string();
+        assert_eq!(e.line, Some(line), "{lines}: {text}");
+        assert!(
+            text.starts_with(&format!("bad.toml:{line}:")),
+            "{lines}: {text}"
+        );
+        if key.contains('.') {
+            assert_eq!(e.key.as_deref(), Some(key), "{lines}: {text}");
+            assert!(e.hint.is_some(), "{lines}: {text}");
+        }
+        assert!(text.contains(key), "{lines}: {text}");
+        assert!(text.contains(says), "{lines}: {text}");
+    }
+    // Entry errors quote the entry and show the form in the hint.
+    let e = error_of(&route_with(
+        "allowed_origins = [\"https://chat.example.com/\"]\n",
+    ));
+    assert!(
+        e.message
+            .contains("`https://chat.example.com/` is not an origin"),
+        "{e}"
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("write \"https://chat.example.com\": an origin is scheme://host[:port]")
+    );
+    let e = error_of(&route_with("allowed_origins = [\"chat.example.com\"]\n"));
+    assert!(
+        e.hint.unwrap().contains("\"https://*.example.com\""),
+        "the hint shows the form"
+    );
+}
+
+#[test]
+fn bad_per_ip_limits_name_line_and_key() {
+    const TUNNELS: &str = "limits.max_tunnels_per_ip";
+    const RATE: &str = "limits.upgrades_per_ip_per_second";
+    for (extra, line, key, says) in [
+        ("max_tunnels_per_ip = 0\n", 7, TUNNELS, "out of range"),
+        ("max_tunnels_per_ip = -1\n", 7, TUNNELS, "out of range"),
+        (
+            "max_tunnels_per_ip = 10000001\n",
+            7,
+            TUNNELS,
+            "1 to 10000000",
+        ),
+        ("max_tunnels_per_ip = 2.5\n", 7, TUNNELS, "whole number"),
+        ("max_tunnels_per_ip = \"10\"\n", 7, TUNNELS, "whole number"),
+        ("max_tunnels_per_ip = \"none\"\n", 7, TUNNELS, "or \"off\""),
+        ("upgrades_per_ip_per_second = 0\n", 7, RATE, "above zero"),
+        ("upgrades_per_ip_per_second = -3\n", 7, RATE, "above zero"),
+        (
+            "upgrades_per_ip_per_second = \"5\"\n",
+            7,
+            RATE,
+            "expected a number such as 5, found string",
+        ),
+        (
+            "upgrades_per_ip_per_second = nan\n",
+            7,
+            RATE,
+            "finite number",
+        ),
+        (
+            "upgrades_per_ip_per_second = true\n",
+            7,
+            RATE,
+            "found boolean",
+        ),
+        (
+            "max_tunnels_per_ip = 5\n\nupgrades_per_ip_per_second = 0.0\n",
+            9,
+            RATE,
+            "above zero",
+        ),
+        (
+            "max_tunnel_per_ip = 5\n",
+            7,
+            "max_tunnel_per_ip",
+            "unknown field",
+        ),
+    ] {
+        let e = error_of(&minimal_with(&format!("[limits]\n{extra}")));
+        let text = e.to_string();
+        assert_eq!(e.line, Some(line), "{extra}: {text}");
+        assert!(
+            text.starts_with(&format!("bad.toml:{line}:")),
+            "{extra}: {text}"
+        );
+        if key.contains('.') {
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {text}");
+            assert!(e.hint.is_some(), "{extra}: {text}");
+        }
+        assert!(text.contains(key), "{extra}: {text}");
+        assert!(text.contains(says), "{extra}: {text}");
+    }
 }

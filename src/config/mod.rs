@@ -43,6 +43,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Routes in file order; the router orders them by specificity.
     pub routes: Vec<Route>,
+    /// Each route's `allowed_origins` and `require_origin`, index-aligned with `routes`.
+    pub route_origins: Vec<OriginPolicy>,
     /// Upstreams sorted by name; routes refer to them by index.
     pub upstreams: Vec<Upstream>,
 }
@@ -113,6 +115,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time a client has to send a whole request head.
     pub header_read_timeout: Duration,
+    /// WebSocket tunnels (and upgrades in progress) one client address may hold at once;
+    /// `None`: no limit. An IPv4 address counts alone, an IPv6 address by its /64.
+    pub max_tunnels_per_ip: Option<u32>,
+    /// Token bucket on new WebSocket upgrades per client address: (rate per second, burst);
+    /// `None`: no limit.
+    pub upgrades_per_ip_per_second: Option<(f64, u32)>,
 }
 
 /// Timeouts for each phase; each has a default so a minimal config works.
@@ -185,6 +193,85 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+}
+
+/// Which pages may open WebSockets on a route: its `allowed_origins` and `require_origin`.
+/// Plain requests on the route are not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginPolicy {
+    /// `None`: any origin; otherwise the upgrade's `Origin` must match one entry.
+    pub allowed: Option<Vec<OriginPattern>>,
+    /// Refuse upgrades that carry no `Origin` at all (non-browser clients).
+    pub require: bool,
+}
+
+impl OriginPolicy {
+    /// True when the policy lets everything through (the default).
+    pub fn is_open(&self) -> bool {
+        self.allowed.is_none() && !self.require
+    }
+}
+
+/// One `allowed_origins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `"null"`: the opaque origin of sandboxed frames, `file:` pages and some redirects.
+    Null,
+    /// `scheme://host[:port]`, lower-cased.
+    Site {
+        /// The scheme, e.g. `https`.
+        scheme: String,
+        /// The host: exact, or `*.suffix`, which matches one or more labels in front of the
+        /// suffix but not the suffix itself.
+        host: HostPattern,
+        /// The port, with the scheme's default (80 for http and ws, 443 for https and wss)
+        /// filled in when none was written; `None` only for other schemes without a port.
+        port: Option<u16>,
+    },
+}
+
+impl OriginPattern {
+    /// Whether a parsed `Origin` matches this entry.
+    pub fn matches(&self, origin: &Origin) -> bool {
+        match (self, origin) {
+            (OriginPattern::Null, Origin::Null) => true,
+            (
+                OriginPattern::Site { scheme, host, port },
+                Origin::Site {
+                    scheme: s,
+                    host: h,
+                    port: p,
+                },
+            ) => {
+                scheme == s
+                    && port == p
+                    && match host {
+                        HostPattern::Exact(name) => name == h,
+                        HostPattern::Wildcard(suffix) => {
+                            h.len() > suffix.len() && h.ends_with(suffix.as_str())
+                        }
+                    }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A serialized origin (RFC 6454 §6), as a browser's `Origin` header carries it, taken apart
+/// and lower-cased; parse one with [`Origin::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `null`: an opaque origin.
+    Null,
+    /// `scheme://host[:port]`.
+    Site {
+        /// The scheme.
+        scheme: String,
+        /// The host name or IP literal (IPv6 in brackets).
+        host: String,
+        /// The port, the scheme's default filled in as for [`OriginPattern::Site`].
+        port: Option<u16>,
+    },
 }
 
 /// A host name to match, lower-cased, without port.

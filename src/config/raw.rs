@@ -38,13 +38,16 @@ pub struct RawAdmin {
     pub token_file: Option<Spanned<String>>,
 }
 
-/// `[limits]`: protection of the front end.
+/// `[limits]`: protection of the front end. The per-address limits are a number or `"off"`,
+/// so they stay `toml::Value`s and are checked by hand for a clear message.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
+    pub max_tunnels_per_ip: Option<Spanned<toml::Value>>,
+    pub upgrades_per_ip_per_second: Option<Spanned<toml::Value>>,
 }
 
 /// `[timeouts]`: durations written like "250ms", "10s", "5m", "1h".
@@ -126,6 +129,8 @@ pub struct RawRoute {
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub require_origin: Option<Spanned<bool>>,
 }
 
 /// One `[upstream.NAME]`. The rates and the skew may be written as integers or floats, so they

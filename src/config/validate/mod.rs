@@ -12,6 +12,7 @@ use super::{
 };
 
 mod admin;
+mod admission;
 mod health_check;
 mod pacing;
 mod tls;
@@ -183,6 +184,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         );
     }
     let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut route_origins = Vec::with_capacity(raw.routes.len());
     for route in &raw.routes {
         let r = route.get_ref();
         let Some(&upstream) = index.get(r.upstream.get_ref().as_str()) else {
@@ -219,6 +221,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
             path_prefix,
             upstream,
         });
+        route_origins.push(admission::origin_policy(&check, route)?);
     }
 
     Ok(Config {
@@ -233,29 +236,35 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         log_format,
         tls,
         routes,
+        route_origins,
         upstreams,
     })
 }
 
 fn limits(check: &Checker, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let max_connections = check.count(
+        &raw.max_connections,
+        "limits.max_connections",
+        10_000,
+        1..=10_000_000,
+    )?;
+    let max_header_bytes = check.count(
+        &raw.max_header_bytes,
+        "limits.max_header_bytes",
+        32 * 1024,
+        1024..=1024 * 1024,
+    )?;
+    let header_read_timeout = check.duration(
+        &raw.header_read_timeout,
+        "limits.header_read_timeout",
+        Duration::from_secs(10),
+    )?;
     Ok(Limits {
-        max_connections: check.count(
-            &raw.max_connections,
-            "limits.max_connections",
-            10_000,
-            1..=10_000_000,
-        )?,
-        max_header_bytes: check.count(
-            &raw.max_header_bytes,
-            "limits.max_header_bytes",
-            32 * 1024,
-            1024..=1024 * 1024,
-        )?,
-        header_read_timeout: check.duration(
-            &raw.header_read_timeout,
-            "limits.header_read_timeout",
-            Duration::from_secs(10),
-        )?,
+        max_connections,
+        max_header_bytes,
+        header_read_timeout,
+        max_tunnels_per_ip: admission::max_tunnels_per_ip(check, raw)?,
+        upgrades_per_ip_per_second: admission::upgrades_per_ip_per_second(check, raw)?,
     })
 }
 

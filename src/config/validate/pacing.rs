@@ -114,7 +114,7 @@ pub(super) fn rebalance(
 }
 
 /// A finite number written as an integer or a float.
-fn number(
+pub(super) fn number(
     check: &Checker,
     value: &Spanned<toml::Value>,
     key: &str,

@@ -217,6 +217,9 @@ pub struct Tunnel {
     pub shared: Arc<TunnelShared>,
     /// Counts this tunnel against its backend until dropped.
     pub lease: Lease,
+    /// The client address's per-IP tunnel slot, if counted. Declared before `conn`, so it is
+    /// given back before the connection's slot (and `switchboard_connections_active`) is.
+    pub admitted: super::admission::Admitted,
     /// The client connection (its guard keeps the connection slot taken).
     pub conn: Arc<ConnInfo>,
     /// What the handshake negotiated (RSV bits the frames may carry).
