@@ -103,6 +103,9 @@ pub enum ProxyError {
         /// The limit's key in `[limits]`.
         limit: &'static str,
     },
+    /// `limits.max_tunnels` tunnels are open already.
+    #[error("limits.max_tunnels tunnels are open")]
+    TooManyTunnels,
     /// The backend answered 101 but not with a WebSocket upgrade.
     #[error("{backend} answered 101 without `Upgrade: websocket`")]
     BadUpgrade {
@@ -125,7 +128,9 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::RateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } | ProxyError::TooManyTunnels => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::TooManyPerIp { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -137,7 +142,8 @@ impl ProxyError {
         match self {
             ProxyError::NoBackend { .. }
             | ProxyError::RateLimited { .. }
-            | ProxyError::TooManyPerIp { .. } => Some(1 + rand::random::<u64>() % 5),
+            | ProxyError::TooManyPerIp { .. }
+            | ProxyError::TooManyTunnels => Some(1 + rand::random::<u64>() % 5),
             _ => None,
         }
     }
@@ -152,7 +158,7 @@ impl ProxyError {
             | ProxyError::Forbidden { .. }
             | ProxyError::TooManyPerIp { .. } => "client_error",
             ProxyError::NoBackend { .. } => "no_backend",
-            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RateLimited { .. } | ProxyError::TooManyTunnels => "rate_limited",
             ProxyError::Connect { .. } => "connect_error",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::Backend { .. } | ProxyError::BadUpgrade { .. } => "bad_response",
@@ -168,7 +174,9 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::Forbidden { .. }
             | ProxyError::TooManyPerIp { .. } => Blame::Client,
-            ProxyError::NoBackend { .. } | ProxyError::RateLimited { .. } => Blame::Overload,
+            ProxyError::NoBackend { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::TooManyTunnels => Blame::Overload,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::Backend { .. }

@@ -79,13 +79,16 @@ fn serve(config: Config) -> ExitCode {
     match switchboard::listener::raise_fd_limit() {
         Ok((soft, hard)) => {
             tracing::info!(soft, hard, "open-files limit");
-            // Each tunnel holds two descriptors; keep some for listeners, logs and the pool.
-            let needed = 2 * config.limits.max_connections as u64 + 64;
+            // One descriptor per client connection, one per tunnel's backend connection (an
+            // HTTP/2 connection may carry many tunnels), and some for listeners, logs, pools.
+            let needed =
+                config.limits.max_connections as u64 + config.limits.max_tunnels as u64 + 64;
             if needed > soft {
                 tracing::warn!(
                     max_connections = config.limits.max_connections,
+                    max_tunnels = config.limits.max_tunnels,
                     soft,
-                    "limits.max_connections needs about {needed} descriptors; raise `ulimit -n` or lower it"
+                    "limits.max_connections + limits.max_tunnels need about {needed} descriptors; raise `ulimit -n` or lower them"
                 );
             }
         }

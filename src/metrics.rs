@@ -253,7 +253,8 @@ impl Metrics {
                     "switchboard_upgrades_rejected_total",
                     "WebSocket upgrades refused before reaching a backend, by reason: no_backend, \
                      rate_limited (max_upgrades_per_second), origin (allowed_origins, require_origin), \
-                     per_ip_limit (limits.max_tunnels_per_ip, limits.upgrades_per_ip_per_second).",
+                     per_ip_limit (limits.max_tunnels_per_ip, limits.upgrades_per_ip_per_second), \
+                     max_tunnels (limits.max_tunnels).",
                 ),
                 &["upstream", "reason"],
             )

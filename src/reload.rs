@@ -162,6 +162,12 @@ impl Reloader {
         if now.admin != next.admin {
             return restart("admin.listen", show(now.admin), show(next.admin));
         }
+        if now.limits.max_tunnels != next.limits.max_tunnels {
+            return Err(format!(
+                "error: `limits.max_tunnels` changed from {} to {}; that takes a restart",
+                now.limits.max_tunnels, next.limits.max_tunnels
+            ));
+        }
         if now.limits.max_connections != next.limits.max_connections {
             return Err(format!(
                 "error: `limits.max_connections` changed from {} to {}; that takes a restart",

@@ -24,6 +24,11 @@ use crate::proxy::handshake::Prefixed;
 use crate::proxy::{self, ClientProtocol, ConnInfo, ConnectionGuard, Proxy};
 use crate::tls::server::TlsTerminator;
 
+/// Flow-control window of one HTTP/2 stream (one tunnel or request).
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// Flow-control window of a whole HTTP/2 connection: 64 streams' worth.
+const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -182,10 +187,14 @@ where
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .enable_connect_protocol()
-                // Flow control bounds what one stream (one tunnel) can buffer here.
-                .initial_stream_window_size(256 * 1024)
-                .initial_connection_window_size(1024 * 1024)
-                .max_concurrent_streams(1024)
+                // Flow control bounds what one stream (one tunnel) can buffer here; a stream
+                // window well under the connection's means a few stalled tunnels cannot use up
+                // the connection window and freeze the others.
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_concurrent_streams(limits.h2_max_streams)
+                .keep_alive_interval(Some(limits.h2_keepalive))
+                .keep_alive_timeout(limits.h2_keepalive)
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .serve_connection(io, service);
             drive!(proxy, connection);

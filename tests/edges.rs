@@ -249,3 +249,39 @@ async fn a_client_that_sends_one_byte_of_the_h2_preface_is_closed_at_the_deadlin
     assert_eq!(response.status(), 200);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn tunnels_over_limits_max_tunnels_get_503_until_one_ends() {
+    let echo = support::backends::EchoBackend::start("echo").await;
+    let sb = Switchboard::start(&one_upstream(
+        &format!("\"{}\"", echo.addr),
+        "[limits]\nmax_tunnels = 2",
+    ))
+    .await;
+    let first = support::clients::ws_connect(&sb.ws_url("/ws")).await;
+    let _second = support::clients::ws_connect(&sb.ws_url("/ws")).await;
+    let head = answer(&sb, &support::clients::handshake_request("/ws", "")).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        support::backends::header_value(&head, "retry-after").is_some(),
+        "{head}"
+    );
+    let text = sb.scrape().await;
+    assert_eq!(
+        support::metric(
+            &text,
+            "switchboard_upgrades_rejected_total",
+            &[("reason", "max_tunnels")]
+        ),
+        1.0
+    );
+    let mut first = first;
+    first.close(None).await.unwrap();
+    drop(first);
+    support::eventually("a slot free again", || async {
+        let head = answer(&sb, &support::clients::handshake_request("/ws", "")).await;
+        head.starts_with("HTTP/1.1 101").then_some(())
+    })
+    .await;
+    sb.stop().await;
+}

@@ -121,6 +121,15 @@ pub struct Limits {
     /// Token bucket on new WebSocket upgrades per client address: (rate per second, burst);
     /// `None`: no limit.
     pub upgrades_per_ip_per_second: Option<(f64, u32)>,
+    /// WebSocket tunnels held at once, over every connection (an HTTP/2 connection carries
+    /// many); over it an upgrade gets 503. Default: `max_connections`.
+    pub max_tunnels: usize,
+    /// Concurrent streams one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// more are refused with RST_STREAM(REFUSED_STREAM) by the HTTP/2 layer.
+    pub h2_max_streams: u32,
+    /// HTTP/2 keep-alive: a PING after this long without frames; a connection that does not
+    /// answer within it again is closed.
+    pub h2_keepalive: Duration,
 }
 
 /// Timeouts for each phase; each has a default so a minimal config works.

@@ -48,6 +48,9 @@ pub struct RawLimits {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_tunnels_per_ip: Option<Spanned<toml::Value>>,
     pub upgrades_per_ip_per_second: Option<Spanned<toml::Value>>,
+    pub max_tunnels: Option<Spanned<i64>>,
+    pub h2_max_streams: Option<Spanned<i64>>,
+    pub h2_keepalive: Option<Spanned<String>>,
 }
 
 /// `[timeouts]`: durations written like "250ms", "10s", "5m", "1h".

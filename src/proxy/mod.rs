@@ -53,6 +53,10 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     /// Backends a reload removed, until their last tunnel is gone.
     leaving: Mutex<Vec<(String, Arc<Backend>)>>,
+    /// One permit per live tunnel (and upgrade in progress), across every connection:
+    /// `limits.max_tunnels`, so one HTTP/2 connection cannot open a backend socket per stream
+    /// without bound.
+    pub tunnel_slots: Arc<tokio::sync::Semaphore>,
     /// Per-client-address tunnel counts and upgrade buckets; survives reloads.
     pub admission: Arc<admission::PerIp>,
 }
@@ -61,6 +65,7 @@ impl Proxy {
     /// Process state, and the first snapshot built from `config`.
     pub fn new(config: Config, metrics: Metrics, shutdown: Shutdown) -> Self {
         let registry = Arc::new(tunnel::TunnelRegistry::default());
+        let tunnel_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_tunnels));
         let backends = BackendRegistry::default();
         let mut pools = HashMap::new();
         let (first, _) = Snapshot::build(config, &backends, &mut pools, &registry, &metrics);
@@ -68,6 +73,7 @@ impl Proxy {
             metrics,
             tunnels: TaskTracker::new(),
             registry,
+            tunnel_slots,
             backends,
             pools: Mutex::new(pools),
             shutdown,
@@ -282,6 +288,7 @@ pub async fn handle(
             let reason = match &error {
                 ProxyError::NoBackend { .. } => Some("no_backend"),
                 ProxyError::RateLimited { .. } => Some("rate_limited"),
+                ProxyError::TooManyTunnels => Some("max_tunnels"),
                 _ => None,
             };
             if let Some(reason) = reason {

@@ -55,6 +55,11 @@ pub async fn upgrade(
     let (mut parts, _empty_body) = req.into_parts();
     // Origin rules and per-address limits, before any backend is picked.
     let admitted = super::admission::admit(proxy, snap, upstream, &parts, conn.peer.ip())?;
+    let slot = proxy
+        .tunnel_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::TooManyTunnels)?;
     let key = balancer
         .key_spec()
         .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
@@ -170,6 +175,7 @@ pub async fn upgrade(
         shared: snap.tunnel_shared[upstream].clone(),
         lease: pick.lease,
         admitted,
+        _slot: slot,
         conn: conn.clone(),
         extensions,
     };

@@ -265,6 +265,23 @@ fn limits(check: &Checker, raw: &RawLimits) -> Result<Limits, ConfigError> {
         header_read_timeout,
         max_tunnels_per_ip: admission::max_tunnels_per_ip(check, raw)?,
         upgrades_per_ip_per_second: admission::upgrades_per_ip_per_second(check, raw)?,
+        max_tunnels: check.count(
+            &raw.max_tunnels,
+            "limits.max_tunnels",
+            max_connections,
+            1..=10_000_000,
+        )?,
+        h2_max_streams: check.count(
+            &raw.h2_max_streams,
+            "limits.h2_max_streams",
+            100,
+            1..=10_000,
+        )? as u32,
+        h2_keepalive: check.duration(
+            &raw.h2_keepalive,
+            "limits.h2_keepalive",
+            Duration::from_secs(20),
+        )?,
     })
 }
 

@@ -220,6 +220,8 @@ pub struct Tunnel {
     /// The client address's per-IP tunnel slot, if counted. Declared before `conn`, so it is
     /// given back before the connection's slot (and `switchboard_connections_active`) is.
     pub admitted: super::admission::Admitted,
+    /// This tunnel's place under `limits.max_tunnels`.
+    pub _slot: tokio::sync::OwnedSemaphorePermit,
     /// The client connection (its guard keeps the connection slot taken).
     pub conn: Arc<ConnInfo>,
     /// What the handshake negotiated (RSV bits the frames may carry).
