@@ -285,3 +285,102 @@ async fn tunnels_over_limits_max_tunnels_get_503_until_one_ends() {
     .await;
     sb.stop().await;
 }
+
+/// Request smuggling probes, pinned end to end: each gets 400 (or is re-framed unambiguously),
+/// and the recording backend never sees the request hidden in a body as a request of its own.
+#[tokio::test]
+async fn smuggling_probes_never_reach_the_backend_as_two_requests() {
+    let backend = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&one_upstream(&format!("\"{}\"", backend.addr), "")).await;
+    let hidden = "GET /hidden HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let probes = [
+        (
+            "CL+TE",
+            format!(
+                "POST /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "two Content-Lengths",
+            format!(
+                "POST /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{hidden}"
+            ),
+        ),
+        (
+            "TE chunked, identity",
+            format!(
+                "POST /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "a request hidden in a body",
+            format!(
+                "POST /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{hidden}",
+                hidden.len()
+            ),
+        ),
+        // Header-only probes (no body to hide anything in): 400, or one well-framed request.
+        (
+            "obs-fold",
+            "GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nX-Folded: a\r\n b\r\n\r\n"
+                .to_owned(),
+        ),
+        (
+            "bare LF",
+            "GET /p HTTP/1.1\nHost: a.test\nConnection: close\nX-Bare: lf\n\n".to_owned(),
+        ),
+        (
+            "NUL in a value",
+            "GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nX-Nul: a\0b\r\n\r\n"
+                .to_owned(),
+        ),
+        (
+            "bare CR in a value",
+            "GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nX-Cr: a\rb\r\n\r\n".to_owned(),
+        ),
+    ];
+    for (name, probe) in probes {
+        let before = backend.recorded().len();
+        // `Connection: close`: what matters is what the backend is sent, and the client side
+        // then ends after its answer instead of waiting for more.
+        let mut stream = raw_send(sb.addr, probe.as_bytes()).await;
+        // Read every answer until switchboard closes the connection.
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let mut line = [0u8; 1];
+            match tokio::time::timeout(
+                support::DEADLINE,
+                tokio::io::AsyncReadExt::read(&mut stream, &mut line),
+            )
+            .await
+            {
+                Ok(Ok(1)) => {}
+                _ => break,
+            }
+            let mut head = vec![line[0]];
+            head.extend(read_head(&mut stream).await.into_bytes());
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let length = support::backends::header_value(&head, "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            support::clients::read_exact(&mut stream, length).await;
+            answers.push(head);
+        }
+        let seen: Vec<String> = backend.recorded()[before..]
+            .iter()
+            .map(|r| r.uri.clone())
+            .collect();
+        assert!(
+            !seen.iter().any(|uri| uri.contains("hidden")),
+            "{name}: the hidden request reached the backend: {seen:?} (answers {answers:?})"
+        );
+        assert!(seen.len() <= 1, "{name}: {seen:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.starts_with("HTTP/1.1 400") || a.starts_with("HTTP/1.1 200")),
+            "{name}: {answers:?}"
+        );
+    }
+    sb.stop().await;
+}
