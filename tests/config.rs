@@ -1020,3 +1020,44 @@ fn bad_per_ip_limits_name_line_and_key() {
         assert!(text.contains(says), "{extra}: {text}");
     }
 }
+
+#[test]
+fn check_catches_what_would_fail_or_mislead_at_run_time() {
+    let base = "listen = \"127.0.0.1:8080\"\n";
+    let up = "[upstream.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    let cases = [
+        (
+            format!(
+                "{base}[[route]]\npath_prefix = \"/ws\"\nupstream = \"app\"\n[[route]]\npath_prefix = \"/ws\"\nupstream = \"app\"\n{up}"
+            ),
+            "route",
+            "dead",
+        ),
+        (
+            format!("{base}[admin]\nlisten = \"127.0.0.1:8080\"\n{ROUTE}{up}"),
+            "admin.listen",
+            "also `listen`",
+        ),
+        (
+            format!(
+                "{base}{ROUTE}[upstream.app]\nservers = [\"localhost:9001\", \"127.0.0.1:9001\"]\n"
+            ),
+            "upstream.app.servers",
+            "same backend",
+        ),
+        (
+            format!(
+                "{base}[[route]]\nupstream = \"none\"\n[upstream.none]\nservers = [\"127.0.0.1:9001\"]\n"
+            ),
+            "upstream.none",
+            "reserved",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let e = error_of(&text);
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert!(e.line.is_some(), "{e}");
+        assert!(e.message.contains(words), "{e}");
+        assert!(e.hint.is_some(), "{e}");
+    }
+}

@@ -19,6 +19,9 @@ mod tls;
 mod tunnel;
 mod upstream;
 
+/// Upstream names that would collide with a metric label value switchboard uses itself.
+const RESERVED_NAMES: [&str; 1] = ["none"];
+
 /// Largest weight accepted; keeps the round-robin schedule small.
 const MAX_WEIGHT: i64 = 256;
 
@@ -166,6 +169,14 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
     for (name, upstream) in &raw.upstreams {
+        if RESERVED_NAMES.contains(&name.as_str()) {
+            return check.error(
+                upstream.span(),
+                &format!("upstream.{name}"),
+                format!("`{name}` is reserved: metrics use it for requests that matched no route"),
+                Some("choose another name for this upstream".into()),
+            );
+        }
         upstreams.push(upstream::upstream(&check, name, upstream)?);
     }
     let index: BTreeMap<&str, usize> = raw
@@ -216,12 +227,55 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
                 );
             }
         };
+        if let Some(earlier) = routes
+            .iter()
+            .position(|other: &Route| other.host == host && other.path_prefix == path_prefix)
+        {
+            return check.error(
+                route.span(),
+                "route",
+                format!(
+                    "this route has the same host and path_prefix as route {} (the first wins, so this one is dead)",
+                    earlier + 1
+                ),
+                Some("remove one, or give them different hosts or path prefixes".into()),
+            );
+        }
         routes.push(Route {
             host,
             path_prefix,
             upstream,
         });
         route_origins.push(admission::origin_policy(&check, route)?);
+    }
+
+    for (key, other, value) in [
+        (
+            "admin.listen",
+            admin,
+            raw.admin.as_ref().map(|a| a.listen.span()),
+        ),
+        (
+            "tls.listen",
+            tls.as_ref().and_then(|t| t.listen),
+            raw.tls
+                .as_ref()
+                .and_then(|t| t.listen.as_ref())
+                .map(|l| l.span()),
+        ),
+    ] {
+        // Port 0 asks the system for a fresh port each time: never a clash.
+        if let (Some(addr), Some(span)) = (other, value)
+            && addr == listen
+            && addr.port() != 0
+        {
+            return check.error(
+                span,
+                key,
+                format!("{addr} is also `listen`: two listeners cannot share one address"),
+                Some("give it a port of its own".into()),
+            );
+        }
     }
 
     Ok(Config {

@@ -104,6 +104,17 @@ pub(super) fn upstream(
                 Some("give it a higher weight instead".into()),
             );
         }
+        if let Some(same) = servers.iter().find(|s| s.addr == socket) {
+            return check.error(
+                server.span(),
+                &key("servers"),
+                format!(
+                    "`{addr}` is the same backend as `{}` ({socket}): it would be balanced as two",
+                    same.name
+                ),
+                Some("list it once (with a higher weight if it should get more)".into()),
+            );
+        }
         servers.push(Server {
             addr: socket,
             name: addr.clone(),
