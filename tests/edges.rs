@@ -8,6 +8,32 @@ use support::backends::HttpBackend;
 use support::clients::{raw_send, read_head};
 use support::{Switchboard, one_upstream};
 
+/// An HTTP/2 connection with prior knowledge to `sb`.
+async fn h2c(
+    sb: &Switchboard,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// Sends `request` on `sender` and waits for the answer's head.
+async fn send(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    request: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    sender.ready().await.unwrap();
+    tokio::time::timeout(support::DEADLINE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 async fn answer(sb: &Switchboard, request: &str) -> String {
     let mut stream = raw_send(sb.addr, request.as_bytes()).await;
     read_head(&mut stream).await
@@ -161,13 +187,7 @@ async fn over_h2_a_backends_2xx_that_is_no_101_does_not_open_a_tunnel() {
     })
     .await;
     let sb = Switchboard::start(&one_upstream(&format!("\"{backend}\""), "")).await;
-    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(&sb).await;
     let request = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(format!("http://{}/ws", sb.addr))
@@ -175,11 +195,7 @@ async fn over_h2_a_backends_2xx_that_is_no_101_does_not_open_a_tunnel() {
         .header("sec-websocket-version", "13")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    sender.ready().await.unwrap();
-    let response = tokio::time::timeout(support::DEADLINE, sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = send(&mut sender, request).await;
     assert_eq!(response.status(), 502);
     sb.stop().await;
 }
@@ -188,24 +204,14 @@ async fn over_h2_a_backends_2xx_that_is_no_101_does_not_open_a_tunnel() {
 async fn split_h2_cookies_reach_an_http1_backend_as_one_header() {
     let web = HttpBackend::start("web").await;
     let sb = Switchboard::start(&one_upstream(&format!("\"{}\"", web.addr), "")).await;
-    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(&sb).await;
     let request = http::Request::builder()
         .uri(format!("http://{}/page", sb.addr))
         .header("cookie", "a=1")
         .header("cookie", "b=2")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    sender.ready().await.unwrap();
-    let response = tokio::time::timeout(support::DEADLINE, sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = send(&mut sender, request).await;
     assert_eq!(response.status(), 200);
     let seen = web.recorded();
     let cookies: Vec<_> = seen[0].headers.get_all("cookie").iter().collect();
@@ -230,22 +236,12 @@ async fn a_client_that_sends_one_byte_of_the_h2_preface_is_closed_at_the_deadlin
     assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
     // And a client that goes on with the whole preface byte by byte still gets HTTP/2 (the
     // bytes read to tell are replayed to the HTTP/2 server).
-    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(&sb).await;
     let request = http::Request::builder()
         .uri(format!("http://{}/h2", sb.addr))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    sender.ready().await.unwrap();
-    let response = tokio::time::timeout(support::DEADLINE, sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = send(&mut sender, request).await;
     assert_eq!(response.status(), 200);
     sb.stop().await;
 }
