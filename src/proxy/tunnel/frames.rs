@@ -339,7 +339,9 @@ impl FrameTracker {
 
     fn enter(&mut self, head: &FrameHead) {
         self.remaining = head.len;
-        self.control_len = head.len.min(u8::MAX as u64) as u8;
+        // A control frame over 125 bytes breaks the rules: no Close code is read from it, so
+        // what is reported cannot depend on how reads split it.
+        self.control_len = if head.len <= 125 { head.len as u8 } else { 0 };
         self.mask = head.mask.unwrap_or([0; 4]);
         self.opcode = head.opcode;
         self.close_code = 0;
@@ -347,7 +349,7 @@ impl FrameTracker {
 
     /// Follows a Close frame's status code (§5.5.1) through its first two payload bytes.
     fn note_payload(&mut self, payload: &[u8]) {
-        if self.opcode != opcode::CLOSE {
+        if self.opcode != opcode::CLOSE || self.control_len < 2 {
             return;
         }
         let offset = u64::from(self.control_len).saturating_sub(self.remaining);
