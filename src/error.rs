@@ -45,6 +45,12 @@ pub enum ProxyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The client stopped sending its request body for `timeouts.request_body_idle`.
+    #[error("the client's request body stalled for {idle:?} (timeouts.request_body_idle)")]
+    ClientBodyStalled {
+        /// The idle limit.
+        idle: Duration,
+    },
     /// CONNECT other than an RFC 8441 WebSocket.
     #[error("CONNECT is only accepted for WebSockets over HTTP/2")]
     MethodNotAllowed,
@@ -122,6 +128,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. } | ProxyError::ClientBody { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
@@ -154,6 +161,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
             | ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyStalled { .. }
             | ProxyError::MethodNotAllowed
             | ProxyError::Forbidden { .. }
             | ProxyError::TooManyPerIp { .. } => "client_error",
@@ -171,6 +179,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
             | ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyStalled { .. }
             | ProxyError::MethodNotAllowed
             | ProxyError::Forbidden { .. }
             | ProxyError::TooManyPerIp { .. } => Blame::Client,

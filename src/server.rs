@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::config::Limits;
 use crate::proxy::handshake::Prefixed;
+use crate::proxy::streams::{CountedBody, OpenStreams, StreamGuard};
 use crate::proxy::{self, ClientProtocol, ConnInfo, ConnectionGuard, Proxy};
 use crate::tls::server::TlsTerminator;
 
@@ -157,23 +158,74 @@ macro_rules! drive {
     }};
 }
 
+/// Runs an HTTP/2 connection like [`drive!`], and also closes it (GOAWAY) once it has had no
+/// open stream for a while: `first` until its first stream (the preface and SETTINGS deadline),
+/// `idle` after each last stream ends.
+macro_rules! drive_h2 {
+    ($proxy:expr, $connection:expr, $streams:expr, $first:expr, $idle:expr) => {{
+        let drain = $proxy.shutdown.stop_token().clone();
+        let force = $proxy.shutdown.force_token().clone();
+        let streams: &OpenStreams = $streams;
+        let connection = $connection;
+        tokio::pin!(connection);
+        let mut limit: Duration = $first;
+        let mut rounds = 0u64;
+        let result = loop {
+            rounds += 1;
+            let changed = streams.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let idle = streams.none();
+            let idle_timer = async {
+                if idle {
+                    tokio::time::sleep(limit).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = changed => limit = $idle,
+                _ = idle_timer => {
+                    tracing::debug!(idle_ms = limit.as_millis() as u64, first = rounds == 1,
+                        "HTTP/2 connection without streams; closing");
+                    connection.as_mut().graceful_shutdown();
+                    // GOAWAY with no stream open: hyper closes once it is written.
+                    let closing = tokio::time::timeout(limit, connection.as_mut());
+                    break closing.await.unwrap_or(Ok(()));
+                }
+                _ = drain.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        result = connection.as_mut() => break result,
+                        _ = force.cancelled() => break Ok(()),
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %proxy::http::error_chain(&e), "connection ended with an error");
+        }
+    }};
+}
+
 async fn serve_http<I>(proxy: Arc<Proxy>, limits: Limits, io: I, conn: ConnInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let protocol = conn.protocol;
     let conn = Arc::new(conn);
-    let service = {
-        let proxy = proxy.clone();
-        service_fn(move |req| {
-            let proxy = proxy.clone();
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(proxy, req, conn).await) }
-        })
-    };
     let io = TokioIo::new(io);
     match protocol {
         ClientProtocol::Http1 => {
+            let service = {
+                let proxy = proxy.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let conn = conn.clone();
+                    async move { Ok::<_, Infallible>(proxy::handle(proxy, req, conn, None).await) }
+                })
+            };
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
@@ -184,6 +236,20 @@ where
             drive!(proxy, connection);
         }
         ClientProtocol::H2 => {
+            let streams = Arc::new(OpenStreams::default());
+            let service = {
+                let proxy = proxy.clone();
+                let streams = streams.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let conn = conn.clone();
+                    let stream = StreamGuard::new(&streams);
+                    async move {
+                        let response = proxy::handle(proxy, req, conn, Some(stream.clone())).await;
+                        Ok::<_, Infallible>(response.map(|body| CountedBody::new(body, stream)))
+                    }
+                })
+            };
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .enable_connect_protocol()
@@ -197,7 +263,13 @@ where
                 .keep_alive_timeout(limits.h2_keepalive)
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .serve_connection(io, service);
-            drive!(proxy, connection);
+            drive_h2!(
+                proxy,
+                connection,
+                &streams,
+                limits.header_read_timeout,
+                limits.h2_idle_timeout
+            );
         }
     }
 }

@@ -176,22 +176,6 @@ async fn refused_get_is_retried_on_the_next_backend() {
 }
 
 #[tokio::test]
-async fn refused_post_with_body_is_not_resent() {
-    let backend = HttpBackend::start("alive").await;
-    let dead = refusing_addr().await;
-    // Round robin starts with the first server, the dead one.
-    let sb = Switchboard::start(&one_upstream(
-        &format!("\"{dead}\", \"{}\"", backend.addr),
-        "",
-    ))
-    .await;
-    let r = http_request(sb.addr, "POST", "/pay", &[], Bytes::from_static(b"once")).await;
-    assert_eq!(r.status, 502);
-    assert!(backend.recorded().is_empty());
-    sb.stop().await;
-}
-
-#[tokio::test]
 async fn all_backends_down_is_502() {
     let (a, b) = (refusing_addr().await, refusing_addr().await);
     let sb = Switchboard::start(&one_upstream(&format!("\"{a}\", \"{b}\""), "")).await;

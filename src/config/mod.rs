@@ -130,6 +130,9 @@ pub struct Limits {
     /// HTTP/2 keep-alive: a PING after this long without frames; a connection that does not
     /// answer within it again is closed.
     pub h2_keepalive: Duration,
+    /// An HTTP/2 connection with no open stream for this long is closed with GOAWAY, so idle
+    /// connections do not hold a slot of `max_connections` forever.
+    pub h2_idle_timeout: Duration,
 }
 
 /// Timeouts for each phase; each has a default so a minimal config works.
@@ -154,6 +157,12 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
     /// How long a backend that refused a connection is skipped (passive health).
     pub backend_retry: Duration,
+    /// A plain request's body (either way) that delivers no byte for this long is ended: a
+    /// stalled backend or client cannot hold a backend connection and a lease forever.
+    pub request_body_idle: Duration,
+    /// How long an idle pooled backend connection is kept: below the keep-alive timeouts of
+    /// common servers (Node 5 s, gunicorn 2–5 s) so their close does not meet a new request.
+    pub pool_idle: Duration,
 }
 
 /// `[drain]`: how switchboard ends many tunnels at once without a reconnect storm.

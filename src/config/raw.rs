@@ -51,6 +51,7 @@ pub struct RawLimits {
     pub max_tunnels: Option<Spanned<i64>>,
     pub h2_max_streams: Option<Spanned<i64>>,
     pub h2_keepalive: Option<Spanned<String>>,
+    pub h2_idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[timeouts]`: durations written like "250ms", "10s", "5m", "1h".
@@ -65,6 +66,8 @@ pub struct RawTimeouts {
     pub shutdown_delay: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub backend_retry: Option<Spanned<String>>,
+    pub request_body_idle: Option<Spanned<String>>,
+    pub pool_idle: Option<Spanned<String>>,
 }
 
 /// `[drain]`: how many tunnels are ended politely at once.

@@ -1,12 +1,68 @@
-//! Body types of the proxy: streamed through, never buffered whole.
+//! Body types of the proxy: streamed through, never buffered whole, and never allowed to stall
+//! forever (`timeouts.request_body_idle`).
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::balancer::Lease;
+
+/// Errors of a streamed body: hyper's, or the idle deadline.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body that delivered nothing for `timeouts.request_body_idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {0:?} (timeouts.request_body_idle)")]
+pub struct BodyIdle(pub Duration);
+
+/// The idle deadline of one streamed body. The timer exists only once the body has had to wait,
+/// and the clock is read only when it waits again after progress, not per frame.
+pub struct IdleDeadline {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl IdleDeadline {
+    /// A deadline of `limit` without a byte.
+    pub fn new(limit: Duration) -> Self {
+        IdleDeadline {
+            limit,
+            timer: None,
+            progressed: false,
+        }
+    }
+
+    /// Polls `body` under the deadline.
+    fn poll<B>(
+        &mut self,
+        body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
+    where
+        B: Body<Data = Bytes, Error = hyper::Error>,
+    {
+        if let Poll::Ready(frame) = body.poll_frame(cx) {
+            self.progressed = true;
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if std::mem::take(&mut self.progressed) {
+            timer.as_mut().reset(Instant::now() + limit);
+        }
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Some(Err(Box::new(BodyIdle(limit)))))
+    }
+}
 
 /// What a client receives: a backend's body streamed through, or a short local message.
 pub enum ResponseBody {
@@ -15,6 +71,8 @@ pub enum ResponseBody {
     Backend {
         /// The backend's body.
         body: Incoming,
+        /// Ends a body that stalls.
+        idle: IdleDeadline,
         /// Dropped with the body.
         _lease: Option<Lease>,
     },
@@ -36,14 +94,14 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Backend { body, .. } => Pin::new(body).poll_frame(cx),
+            ResponseBody::Backend { body, idle, .. } => idle.poll(Pin::new(body), cx),
             ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -65,51 +123,129 @@ impl Body for ResponseBody {
     }
 }
 
-/// What a backend receives: the client's body streamed through, or nothing (a retried request
-/// without body, or a WebSocket handshake).
+/// How reading a client's request body went, shared with the request path so a failed
+/// exchange is blamed on the right side.
+#[derive(Default)]
+pub struct ClientBodyState(AtomicU8);
+
+/// What [`ClientBodyState`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyOutcome {
+    /// Nothing went wrong (so far).
+    Fine,
+    /// The body was malformed, or the client went away mid-body.
+    Broken,
+    /// The client stopped sending for `timeouts.request_body_idle`.
+    Stalled,
+}
+
+impl ClientBodyState {
+    /// What happened to the body.
+    pub fn outcome(&self) -> ClientBodyOutcome {
+        match self.0.load(Ordering::Relaxed) {
+            0 => ClientBodyOutcome::Fine,
+            1 => ClientBodyOutcome::Broken,
+            _ => ClientBodyOutcome::Stalled,
+        }
+    }
+
+    fn set(&self, outcome: ClientBodyOutcome) {
+        self.0.store(outcome as u8, Ordering::Relaxed);
+    }
+}
+
+/// A client's request body under its idle deadline.
+pub struct ClientBody {
+    body: Incoming,
+    idle: IdleDeadline,
+    state: Arc<ClientBodyState>,
+}
+
+impl ClientBody {
+    /// Wraps `body`; `state` learns how reading it went.
+    pub fn new(body: Incoming, idle: Duration, state: Arc<ClientBodyState>) -> Self {
+        ClientBody {
+            body,
+            idle: IdleDeadline::new(idle),
+            state,
+        }
+    }
+}
+
+/// A client body that stays with the request path until the backend connection asks for its
+/// first frame. A request that failed before that (a refused connect) has sent nothing, and
+/// its body can go to the next backend, whatever the method.
+pub type HeldBody = Arc<Mutex<Option<ClientBody>>>;
+
+/// What a backend receives: the client's body streamed through, or nothing (a request without
+/// body, or a WebSocket handshake).
 pub enum RequestBody {
-    /// The client's body; `failed` is set when reading it failed (a malformed chunk, a client
-    /// gone mid-body), so that the error is blamed on the client, not on the backend.
-    Client {
-        /// The body as hyper reads it from the client.
-        body: Incoming,
-        /// Set when reading the body failed.
-        failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    },
+    /// The client's body, not yet asked for: still in the request path's hands.
+    Held(HeldBody),
+    /// The client's body, being sent.
+    Client(ClientBody),
     /// No body.
     Empty,
 }
 
+impl RequestBody {
+    /// Takes a held body back out of its slot, if nothing has been read from it.
+    pub fn take_held(held: &HeldBody) -> Option<ClientBody> {
+        held.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Client { body, failed } => {
-                let frame = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &frame {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let RequestBody::Held(held) = this {
+            *this = match RequestBody::take_held(held) {
+                Some(body) => RequestBody::Client(body),
+                None => RequestBody::Empty,
+            };
+        }
+        match this {
+            RequestBody::Client(client) => {
+                let frame = client.idle.poll(Pin::new(&mut client.body), cx);
+                if let Poll::Ready(Some(Err(error))) = &frame {
+                    client.state.set(if error.is::<BodyIdle>() {
+                        ClientBodyOutcome::Stalled
+                    } else {
+                        ClientBodyOutcome::Broken
+                    });
                 }
                 frame
             }
-            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Held(_) | RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client { body, .. } => body.is_end_stream(),
+            RequestBody::Held(held) => held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(|c| c.body.is_end_stream()),
+            RequestBody::Client(client) => client.body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client { body, .. } => body.size_hint(),
+            RequestBody::Held(held) => held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), |c| c.body.size_hint()),
+            RequestBody::Client(client) => client.body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -1,8 +1,4 @@
 //! Plain requests: forwarded over pooled keep-alive backend connections, bodies streamed.
-//!
-//! A request that failed to connect is retried on the next backend only when resending it is
-//! safe: an idempotent method (RFC 9110 §9.2.2) and no body, since the body was consumed by the
-//! first attempt. Anything else gets 502 after its one attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +10,27 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::{
+    ClientBody, ClientBodyOutcome, ClientBodyState, HeldBody, RequestBody, ResponseBody,
+};
 use super::headers;
 use super::{ConnInfo, Snapshot};
 use crate::balancer::key::key_hash;
 use crate::config::{Timeouts, Upstream};
 use crate::error::ProxyError;
 
-/// The pooled backend client of one upstream: plain HTTP, or HTTPS when the upstream has
+/// The backend clients of one upstream: plain HTTP, or HTTPS when the upstream has
 /// `tls = { … }` (then the certificate must carry the configured server name).
-pub type BackendClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+#[derive(Clone)]
+pub struct BackendClient {
+    /// Keep-alive connections, idle ones closed after `timeouts.pool_idle`.
+    pooled: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// A new connection per request, for the one resend after a pooled connection turned out
+    /// closed: the pool could hand out another stale one.
+    fresh: Client<HttpsConnector<HttpConnector>, RequestBody>,
+}
 
-/// Builds the pooled client for `upstream`.
+/// Builds the clients for `upstream`.
 pub fn backend_client(
     upstream: &Upstream,
     timeouts: &Timeouts,
@@ -54,14 +59,25 @@ pub fn backend_client(
             Arc::new(DefaultServerNameResolver::default()),
         ),
     };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+    BackendClient {
+        pooled: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(timeouts.pool_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone()),
+        fresh: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector),
+    }
 }
 
 /// Forwards one plain request to `upstream` and returns the backend's response head; the body
 /// streams afterwards.
+///
+/// Resending rules: a connect that failed sent nothing, so the request (body and all, since the
+/// body is read only once a connection asks for it) goes to the next backend whatever its
+/// method. A pooled connection found closed before any response byte came gets one resend on a
+/// new connection, for idempotent methods (RFC 9110 §9.2.2) whose body was not read. Nothing
+/// else is resent.
 pub async fn forward(
     snap: &Snapshot,
     upstream: usize,
@@ -98,38 +114,45 @@ pub async fn forward(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let retryable = is_idempotent(&parts.method) && body.is_end_stream();
-    let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut body = Some(RequestBody::Client {
-        body,
-        failed: client_body_failed.clone(),
+    let idempotent = is_idempotent(&parts.method);
+    let body_state = Arc::new(ClientBodyState::default());
+    let held: Option<HeldBody> = (!body.is_end_stream()).then(|| {
+        Arc::new(std::sync::Mutex::new(Some(ClientBody::new(
+            body,
+            snap.timeouts.request_body_idle,
+            body_state.clone(),
+        ))))
     });
     let mut attempts = balancer.attempts(key);
+    let mut resent_on_fresh = false;
 
+    let mut pick = snap.next_pick(upstream, &mut attempts)?;
     loop {
-        let pick = snap.next_pick(upstream, &mut attempts)?;
         let backend = pick.lease.backend().clone();
         let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
             .parse()
-            .map_err(|e| ProxyError::Backend {
-                backend: backend.name.clone(),
-                source: Box::new(e),
+            .map_err(|_| ProxyError::BadRequest {
+                reason: "the request target cannot be forwarded",
             })?;
-        let mut request = Request::new(body.take().unwrap_or(RequestBody::Empty));
+        let mut request = Request::new(match &held {
+            Some(held) => RequestBody::Held(held.clone()),
+            None => RequestBody::Empty,
+        });
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = if retryable {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
+        *request.headers_mut() = parts.headers.clone();
 
-        let sent = tokio::time::timeout(
-            snap.timeouts.request,
-            snap.clients[upstream].request(request),
-        )
-        .await;
+        let client = if resent_on_fresh {
+            &snap.clients[upstream].fresh
+        } else {
+            &snap.clients[upstream].pooled
+        };
+        let sent = tokio::time::timeout(snap.timeouts.request, client.request(request)).await;
+        // Whether the body is still unread: then nothing of it reached any backend.
+        let body_unread = held
+            .as_ref()
+            .is_none_or(|h| h.lock().unwrap_or_else(|e| e.into_inner()).is_some());
         match sent {
             Err(_elapsed) => {
                 return Err(ProxyError::Timeout {
@@ -149,7 +172,8 @@ pub async fn forward(
                 };
                 snap.count_connect_error(upstream, &backend, &std::io::Error::new(kind, chain));
                 tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "backend connect failed");
-                if retryable && may_retry {
+                if may_retry && body_unread {
+                    pick = snap.next_pick(upstream, &mut attempts)?;
                     continue;
                 }
                 return Err(ProxyError::Connect {
@@ -157,11 +181,21 @@ pub async fn forward(
                     source: std::io::Error::other(error_chain(&e)),
                 });
             }
-            Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
-                // The client's body broke (an invalid chunk, a client gone mid-body): its fault.
-                return Err(ProxyError::ClientBody {
-                    source: Box::new(e),
+            Ok(Err(e)) if body_state.outcome() != ClientBodyOutcome::Fine => {
+                // The client's body broke (an invalid chunk, a client gone or stalled
+                // mid-body): its fault.
+                return Err(match body_state.outcome() {
+                    ClientBodyOutcome::Stalled => ProxyError::ClientBodyStalled {
+                        idle: snap.timeouts.request_body_idle,
+                    },
+                    _ => ProxyError::ClientBody {
+                        source: Box::new(e),
+                    },
                 });
+            }
+            Ok(Err(e)) if !resent_on_fresh && idempotent && body_unread && closed_early(&e) => {
+                tracing::debug!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "pooled connection closed before the response; resending once");
+                resent_on_fresh = true;
             }
             Ok(Err(e)) => {
                 return Err(ProxyError::Backend {
@@ -171,10 +205,39 @@ pub async fn forward(
             }
             Ok(Ok(response)) => {
                 attempts.succeeded(&pick);
-                return Ok(super::relay(response, pick.lease));
+                return Ok(super::relay(
+                    response,
+                    pick.lease,
+                    snap.timeouts.request_body_idle,
+                ));
             }
         }
     }
+}
+
+/// Whether a backend exchange failed because the connection was closed (or reset) before a
+/// response came: what a keep-alive close racing a new request looks like.
+fn closed_early(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
+            && hyper.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.

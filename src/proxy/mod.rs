@@ -9,6 +9,7 @@ pub mod headers;
 pub mod http;
 pub mod router;
 pub mod snapshot;
+pub mod streams;
 pub mod tunnel;
 pub mod websocket;
 
@@ -199,10 +200,13 @@ pub struct ConnInfo {
 }
 
 /// Serves one request: route, then forward or upgrade. Never fails: errors become responses.
+///
+/// `stream` counts an HTTP/2 stream open (for `limits.h2_idle_timeout`); a tunnel keeps it.
 pub async fn handle(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
+    stream: Option<streams::StreamGuard>,
 ) -> Response<ResponseBody> {
     let snap = proxy.snapshot();
     let (parts, body) = req.into_parts();
@@ -220,6 +224,13 @@ pub async fn handle(
         return error_response(&ProxyError::MethodNotAllowed);
     }
     let checked = router::check_host(&parts).and_then(|()| {
+        // Only origin-form (and absolute-form) targets name a resource of a backend; `OPTIONS *`
+        // asks about this server, and an authority-form target belongs to CONNECT.
+        if !parts.uri.path().starts_with('/') {
+            return Err(ProxyError::BadRequest {
+                reason: "the request target is not a path (OPTIONS * is not forwarded)",
+            });
+        }
         // An upgrade has no body (RFC 6455 §4.1): bytes behind its head would be read as frames.
         if upgrade && conn.protocol == ClientProtocol::Http1 && has_body(&parts) {
             Err(ProxyError::BadRequest {
@@ -257,7 +268,7 @@ pub async fn handle(
     let req = Request::from_parts(parts, body);
     let started = std::time::Instant::now();
     let result = if upgrade {
-        websocket::upgrade(&proxy, &snap, upstream, req, &conn).await
+        websocket::upgrade(&proxy, &snap, upstream, req, &conn, stream).await
     } else {
         http::forward(&snap, upstream, req, &conn).await
     };
@@ -328,6 +339,7 @@ fn has_body(parts: &::http::request::Parts) -> bool {
 pub fn relay(
     response: Response<Incoming>,
     lease: crate::balancer::Lease,
+    body_idle: std::time::Duration,
 ) -> Response<ResponseBody> {
     let (mut head, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut head.headers);
@@ -335,6 +347,7 @@ pub fn relay(
         head,
         ResponseBody::Backend {
             body,
+            idle: body::IdleDeadline::new(body_idle),
             _lease: Some(lease),
         },
     )
@@ -356,7 +369,9 @@ pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     );
     if matches!(
         error,
-        ProxyError::ClientBody { .. } | ProxyError::BadRequest { .. }
+        ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyStalled { .. }
+            | ProxyError::BadRequest { .. }
     ) {
         // After a framing error the connection's byte stream cannot be trusted: close it.
         response.headers_mut().insert(

@@ -47,6 +47,7 @@ pub async fn upgrade(
     upstream: usize,
     mut req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
+    h2_stream: Option<super::streams::StreamGuard>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
     let balancer = &snap.balancers[upstream];
@@ -150,7 +151,11 @@ pub async fn upgrade(
                     backend: backend.name.clone(),
                 });
             }
-            return Ok(super::relay(response, pick.lease));
+            return Ok(super::relay(
+                response,
+                pick.lease,
+                snap.timeouts.request_body_idle,
+            ));
         }
         Answer::Switched { headers, stream } => (headers, stream),
     };
@@ -177,6 +182,7 @@ pub async fn upgrade(
         admitted,
         _slot: slot,
         conn: conn.clone(),
+        _stream: h2_stream,
         extensions,
     };
     proxy.tunnels.spawn(async move {

@@ -336,6 +336,11 @@ fn limits(check: &Checker, raw: &RawLimits) -> Result<Limits, ConfigError> {
             "limits.h2_keepalive",
             Duration::from_secs(20),
         )?,
+        h2_idle_timeout: check.duration(
+            &raw.h2_idle_timeout,
+            "limits.h2_idle_timeout",
+            Duration::from_secs(60),
+        )?,
     })
 }
 
@@ -373,6 +378,12 @@ fn timeouts(check: &Checker, raw: &RawTimeouts) -> Result<Timeouts, ConfigError>
             "timeouts.backend_retry",
             Duration::from_secs(10),
         )?,
+        request_body_idle: check.duration(
+            &raw.request_body_idle,
+            "timeouts.request_body_idle",
+            Duration::from_secs(60),
+        )?,
+        pool_idle: check.duration(&raw.pool_idle, "timeouts.pool_idle", Duration::from_secs(4))?,
     })
 }
 

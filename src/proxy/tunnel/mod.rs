@@ -224,6 +224,8 @@ pub struct Tunnel {
     pub _slot: tokio::sync::OwnedSemaphorePermit,
     /// The client connection (its guard keeps the connection slot taken).
     pub conn: Arc<ConnInfo>,
+    /// Keeps the HTTP/2 stream counted open (`limits.h2_idle_timeout`); `None` on HTTP/1.1.
+    pub _stream: Option<super::streams::StreamGuard>,
     /// What the handshake negotiated (RSV bits the frames may carry).
     pub extensions: Extensions,
 }

@@ -1,0 +1,195 @@
+//! HTTP/2 connections held within bounds: a preface and SETTINGS deadline, an idle timeout
+//! that counts tunnels as open streams, and flow-control windows that let one connection's
+//! other streams go on while several of its tunnels have stalled backends.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use support::backends::{EchoBackend, HttpBackend, raw_backend, switching_protocols};
+use support::clients::{extended_connect, raw_send, read_to_end};
+use support::{DEADLINE, Switchboard};
+
+type Sender = http2::SendRequest<Empty<Bytes>>;
+
+/// An h2c connection to `sb`, and the task driving it (it ends when the connection does).
+async fn h2c(sb: &Switchboard) -> (Sender, JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(sb.addr).await.unwrap();
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, task)
+}
+
+/// The raw stream of a new RFC 8441 tunnel on `sender`.
+async fn tunnel(sender: &mut Sender, sb: &Switchboard, path: &str) -> hyper::upgrade::Upgraded {
+    let mut response = extended_connect(sender, &format!("http://{}{path}", sb.addr), &[]).await;
+    hyper::upgrade::on(&mut response)
+        .await
+        .expect("tunnel stream")
+}
+
+async fn websocket(
+    sender: &mut Sender,
+    sb: &Switchboard,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let io = tunnel(sender, sb, "/ws").await;
+    WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await
+}
+
+async fn echo_once(ws: &mut WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("echo within the deadline")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(reply, Message::text(text));
+}
+
+fn config(server: std::net::SocketAddr, limits: &str) -> String {
+    support::one_upstream(&format!("\"{server}\""), &format!("[limits]\n{limits}"))
+}
+
+#[tokio::test]
+async fn a_client_that_stops_inside_the_preface_or_before_settings_is_closed_at_the_deadline() {
+    let web = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&config(web.addr, "header_read_timeout = \"300ms\"")).await;
+    for opening in [
+        &b"PRI * HTTP/2.0\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let mut stream = raw_send(sb.addr, opening).await;
+        tokio::time::timeout(DEADLINE, read_to_end(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("closed after {:?}", String::from_utf8_lossy(opening)));
+    }
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_but_one_holding_a_tunnel_is_not() {
+    let echo = EchoBackend::start("echo").await;
+    let sb = Switchboard::start(&config(echo.addr, "h2_idle_timeout = \"500ms\"")).await;
+    // A holds a tunnel, opened before B's last stream ends: were the tunnel not counted, A's
+    // idle time would run out first.
+    let (mut a, a_task) = h2c(&sb).await;
+    let mut ws = websocket(&mut a, &sb).await;
+    echo_once(&mut ws, "before").await;
+    let (mut b, b_task) = h2c(&sb).await;
+    let request = http::Request::builder()
+        .uri(format!("http://{}/plain", sb.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    b.ready().await.unwrap();
+    // The echo backend refuses a plain GET; any answer ends the stream.
+    let response = b.send_request(request).await.unwrap();
+    drop(response);
+    tokio::time::timeout(DEADLINE, b_task)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert!(!a_task.is_finished(), "the connection with a tunnel stays");
+    echo_once(&mut ws, "after").await;
+    ws.close(None).await.unwrap();
+    let closing = async { while let Some(Ok(_)) = ws.next().await {} };
+    tokio::time::timeout(DEADLINE, closing)
+        .await
+        .expect("closing handshake");
+    drop(ws);
+    sb.stop().await;
+}
+
+/// The most a stalled path can absorb before it pushes back: the proxy's send buffer toward the
+/// backend and the backend's receive buffer at their kernel maximums, plus slack.
+fn kernel_buffering_bound() -> usize {
+    let max = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .unwrap_or(8 << 20)
+    };
+    max("/proc/sys/net/ipv4/tcp_wmem") + max("/proc/sys/net/ipv4/tcp_rmem") + (4 << 20)
+}
+
+/// Writes to `io` until a 16 KiB write makes no progress for a while (the stream's flow-control
+/// window is full), then reports how much it wrote; panics past `bound` bytes.
+async fn write_until_stalled(
+    mut io: WriteHalf<TokioIo<hyper::upgrade::Upgraded>>,
+    bound: usize,
+) -> (usize, WriteHalf<TokioIo<hyper::upgrade::Upgraded>>) {
+    // Masked binary frame header for 16 KiB - 8 of payload, then the payload: valid framing.
+    let mut chunk = vec![0x82u8, 0xFE, 0x3F, 0xF8, 1, 2, 3, 4];
+    chunk.resize(16 * 1024, 0);
+    let mut written = 0;
+    while written < bound {
+        // A write that cannot finish in 500 ms has met back-pressure. Were that a misjudged
+        // slow write, the test would only check less, never fail wrongly.
+        match tokio::time::timeout(Duration::from_millis(500), io.write_all(&chunk)).await {
+            Ok(result) => result.expect("write"),
+            Err(_) => return (written, io),
+        }
+        written += chunk.len();
+    }
+    panic!("{bound} bytes went into a tunnel whose backend never reads");
+}
+
+#[tokio::test]
+async fn eight_tunnels_with_stalled_backends_leave_a_ninth_stream_working() {
+    let (stalled, _live) = raw_backend(|mut stream, head| async move {
+        let _ = stream
+            .write_all(switching_protocols(&head).as_bytes())
+            .await;
+        // Never reads again: the tunnel's client-to-backend direction backs up.
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let echo = EchoBackend::start("echo").await;
+    let body = format!(
+        "[drain]\nspread = \"0s\"\nclose_linger = \"100ms\"\n\
+         [[route]]\npath_prefix = \"/stalled\"\nupstream = \"stalled\"\n\
+         [[route]]\npath_prefix = \"/\"\nupstream = \"echo\"\n\
+         [upstream.stalled]\nservers = [\"{stalled}\"]\n\
+         [upstream.echo]\nservers = [\"{}\"]\n",
+        echo.addr
+    );
+    let sb = Switchboard::start(&body).await;
+    let (mut sender, _task) = h2c(&sb).await;
+    let bound = kernel_buffering_bound();
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let io = tunnel(&mut sender, &sb, "/stalled").await;
+        let (_read, write) = tokio::io::split(TokioIo::new(io));
+        writers.push(tokio::spawn(write_until_stalled(write, bound)));
+    }
+    let mut held = Vec::new();
+    for writer in writers {
+        let (written, io) = tokio::time::timeout(Duration::from_secs(60), writer)
+            .await
+            .expect("each stalled tunnel stops taking data")
+            .unwrap();
+        assert!(written > 0, "the tunnel took data before it stalled");
+        held.push(io);
+    }
+    // Eight streams hold their full windows; the connection's window still has room.
+    let mut ws = websocket(&mut sender, &sb).await;
+    for n in 0..3 {
+        echo_once(&mut ws, &format!("still moving {n}")).await;
+    }
+    sb.stop().await;
+}
