@@ -52,15 +52,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+#[path = "support/mod.rs"]
+mod support;
+use support::{
+    KEY, echo_frames, env_or, frame, free_port, median, percentile, proc_stat, read_head,
+    wait_listening,
+};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// Echo backend: answers the upgrade, then echoes bytes.
 async fn echo_backend() -> SocketAddr {
@@ -89,7 +88,10 @@ async fn echo_backend_noting(upgrades: Option<Upgrades>) -> SocketAddr {
             let upgrades = upgrades.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
-                if read_head(&mut stream).await.is_none() {
+                if !read_head(&mut stream)
+                    .await
+                    .is_some_and(|head| head.starts_with(b"GET"))
+                {
                     return;
                 }
                 if let Some(upgrades) = upgrades {
@@ -106,68 +108,6 @@ async fn echo_backend_noting(upgrades: Option<Upgrades>) -> SocketAddr {
         }
     });
     addr
-}
-
-/// Echoes each masked client frame back as the unmasked server frame a WebSocket server would
-/// send (RFC 6455 §5.1), parsing only headers; every complete frame of a read is answered in one
-/// write. Unmasking is skipped (the payload goes back as it came): nothing reads it.
-async fn echo_frames(mut stream: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut have = 0;
-    let mut out = Vec::with_capacity(64 * 1024);
-    loop {
-        match stream.read(&mut buf[have..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => have += n,
-        }
-        let mut at = 0;
-        out.clear();
-        while let Some((header, len)) = client_frame_at(&buf[at..have]) {
-            let payload = &buf[at + header..at + header + len];
-            out.push(buf[at]);
-            if len < 126 {
-                out.push(len as u8);
-            } else {
-                out.push(126);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            out.extend_from_slice(payload);
-            at += header + len;
-        }
-        buf.copy_within(at..have, 0);
-        have -= at;
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// `(header length, payload length)` of a whole masked frame (7- or 16-bit length) at the
-/// start of `data`, or `None` while it is incomplete.
-fn client_frame_at(data: &[u8]) -> Option<(usize, usize)> {
-    let (&b1, rest) = data.get(1..)?.split_first()?;
-    let (len, header) = match b1 & 0x7f {
-        126 => (
-            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
-            8,
-        ),
-        short => (short as usize, 6),
-    };
-    (data.len() >= header + len).then_some((header, len))
-}
-
-async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<()> {
-    let mut head = Vec::with_capacity(256);
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await.ok()? == 0 || head.len() > 8192 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    head.starts_with(b"HTTP/1.1 101")
-        .then_some(())
-        .or_else(|| head.starts_with(b"GET").then_some(()))
 }
 
 /// How clients reach a target: plain TCP (ws://) or TLS (wss://).
@@ -200,23 +140,10 @@ async fn open(addr: SocketAddr, transport: &Transport) -> Option<Box<dyn Io>> {
         "GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.ok()?;
-    read_head(&mut stream).await?;
+    read_head(&mut stream)
+        .await
+        .filter(|head| head.starts_with(b"HTTP/1.1 101"))?;
     Some(stream)
-}
-
-/// A masked binary client frame (RFC 6455 §5.2) with `len` payload bytes.
-fn frame(len: usize) -> Vec<u8> {
-    let mut f = vec![0x82];
-    if len < 126 {
-        f.push(0x80 | len as u8);
-    } else {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(len as u16).to_be_bytes());
-    }
-    let mask = [1u8, 2, 3, 4];
-    f.extend_from_slice(&mask);
-    f.extend((0..len).map(|i| (i as u8) ^ mask[i % 4]));
-    f
 }
 
 struct EchoResult {
@@ -336,17 +263,6 @@ fn switchboard_toml(
             t.key.display()
         )),
         servers.join(", ")
-    )
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> Option<u16> {
-    Some(
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port(),
     )
 }
 
@@ -542,29 +458,10 @@ impl Proxy {
 
     /// CPU seconds and RSS (KiB) of the process and its children.
     fn stat(&self) -> (f64, u64) {
-        let pids = self.pids();
-        let mut cpu = 0.0;
-        let mut rss = 0;
-        for pid in pids {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // After the ")" that ends the command name: utime is field 12, stime field 13.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.split_whitespace().collect())
-                .unwrap_or_default();
-            let ticks: u64 = [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-                .sum();
-            cpu += ticks as f64 / 100.0; // USER_HZ is 100 on Linux
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            rss += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        (cpu, rss)
+        self.pids()
+            .into_iter()
+            .map(proc_stat)
+            .fold((0.0, 0), |(cpu, rss), (c, r)| (cpu + c, rss + r))
     }
 }
 
@@ -683,18 +580,6 @@ async fn shutdown_closes(
     })
 }
 
-/// Waits (up to 10 s) until something accepts on `addr`.
-async fn wait_listening(addr: SocketAddr) -> Option<()> {
-    let ready = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        if ready.elapsed() > Duration::from_secs(10) {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Some(())
-}
-
 /// One HTTP/1.1 request without a body to switchboard's admin listener: `(status, body)`.
 async fn admin_call(admin: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let exchange = async {
@@ -732,20 +617,6 @@ async fn backend_tunnels(admin: SocketAddr, backend: SocketAddr) -> Option<u64> 
         .iter()
         .find(|b| b["addr"] == name.as_str())?["tunnels"]
         .as_u64()
-}
-
-/// The value at share `p` of sorted `values` (0 when empty).
-fn percentile(values: &[u32], p: f64) -> u32 {
-    values
-        .get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0)
-}
-
-/// The median of `values` (0.0 when empty).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_unstable_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Reloads per reload run, one a second.
@@ -1253,9 +1124,7 @@ impl TlsFiles {
 }
 
 fn main() {
-    let _ = rlimit::Resource::NOFILE
-        .get()
-        .and_then(|(_, hard)| rlimit::Resource::NOFILE.set(hard, hard));
+    support::raise_fd_limit();
     let clients = env_or("E2E_CLIENTS", 50);
     let window = Duration::from_secs(env_or("E2E_SECONDS", 5) as u64);
     let idle = env_or("E2E_IDLE", 5000);

@@ -193,3 +193,131 @@ async fn eight_tunnels_with_stalled_backends_leave_a_ninth_stream_working() {
     }
     sb.stop().await;
 }
+
+/// A hand-written HTTP/2 client, for what a library client never does: open more streams than
+/// allowed, or leave pings unanswered.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+
+    /// One frame: type, flags, stream id, payload.
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A GET of `/` with `:authority: a`, whole (END_STREAM | END_HEADERS), in HPACK without
+    /// dynamic table: indexed :method GET, :scheme http, :path /, literal :authority.
+    pub fn get(stream: u32) -> Vec<u8> {
+        frame(HEADERS, 0x5, stream, &[0x82, 0x86, 0x84, 0x01, 0x01, b'a'])
+    }
+
+    /// Preface and empty SETTINGS; then waits for the server's SETTINGS and acknowledges it,
+    /// so the server's limits are in force.
+    pub async fn connect(addr: std::net::SocketAddr) -> TcpStream {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend(frame(SETTINGS, 0, 0, &[]));
+        tcp.write_all(&opening).await.unwrap();
+        for _ in 0..10 {
+            let f = read(&mut tcp).await.expect("server SETTINGS");
+            if f.kind == SETTINGS && f.flags & 0x1 == 0 {
+                tcp.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+                return tcp;
+            }
+        }
+        panic!("no SETTINGS from the server");
+    }
+
+    /// The next frame, or `None` at EOF or error.
+    pub async fn read(tcp: &mut TcpStream) -> Option<Frame> {
+        let mut head = [0u8; 9];
+        tcp.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.ok()?;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7FFF_FFFF,
+            payload,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_stream_over_h2_max_streams_is_refused_and_the_others_go_on() {
+    let silent = support::backends::SilentBackend::start().await;
+    let sb = Switchboard::start(&config(silent.addr, "h2_max_streams = 2")).await;
+    let mut tcp = raw::connect(sb.addr).await;
+    // Two requests held open by a backend that never answers, then a third.
+    let mut requests = raw::get(1);
+    requests.extend(raw::get(3));
+    tcp.write_all(&requests).await.unwrap();
+    silent
+        .live
+        .wait_for("two requests at the backend", |n| n == 2)
+        .await;
+    tcp.write_all(&raw::get(5)).await.unwrap();
+    let refused = tokio::time::timeout(DEADLINE, async {
+        for _ in 0..100 {
+            let f = raw::read(&mut tcp).await.expect("connection stays up");
+            if f.kind == raw::RST_STREAM {
+                return (
+                    f.stream,
+                    u32::from_be_bytes(f.payload[..4].try_into().unwrap()),
+                );
+            }
+        }
+        panic!("no RST_STREAM in 100 frames");
+    })
+    .await
+    .expect("RST_STREAM within the deadline");
+    assert_eq!(refused, (5, 0x7), "stream 5 refused with REFUSED_STREAM");
+    assert_eq!(
+        silent.live.get(),
+        2,
+        "the refused stream reached no backend"
+    );
+    drop(tcp);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_keepalive_pings_unanswered_is_disconnected() {
+    let silent = support::backends::SilentBackend::start().await;
+    let sb = Switchboard::start(&config(silent.addr, "h2_keepalive = \"300ms\"")).await;
+    let mut tcp = raw::connect(sb.addr).await;
+    // An open stream, so the connection is not closed as idle instead.
+    tcp.write_all(&raw::get(1)).await.unwrap();
+    let pinged = tokio::time::timeout(DEADLINE, async {
+        let mut pinged = false;
+        for _ in 0..100 {
+            match raw::read(&mut tcp).await {
+                Some(f) if f.kind == raw::PING && f.flags & 0x1 == 0 => pinged = true,
+                Some(_) => {}
+                None => return pinged,
+            }
+        }
+        panic!("the connection outlived 100 frames");
+    })
+    .await
+    .expect("disconnected within the deadline");
+    assert!(pinged, "a PING came before the disconnect");
+    sb.stop().await;
+}

@@ -1,0 +1,164 @@
+//! Helpers shared by the end-to-end benches (`e2e_load`, `edge_memory`), included by each with
+//! `#[path = "support/mod.rs"] mod support;`: WebSocket framing as a client and as an echo
+//! server (RFC 6455 §5), reading a message head, loopback ports, and a process's CPU time and
+//! RSS from /proc.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The `Sec-WebSocket-Key` of RFC 6455's example handshake (§1.3), sent by every client.
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// The environment variable `name` as a number, or `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Raises this process's descriptor limit to the hard limit: clients and backends of a run
+/// share it.
+pub fn raise_fd_limit() {
+    let _ = rlimit::Resource::NOFILE
+        .get()
+        .and_then(|(_, hard)| rlimit::Resource::NOFILE.set(hard, hard));
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Option<u16> {
+    Some(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    )
+}
+
+/// Waits (up to 10 s) until something accepts on `addr`.
+pub async fn wait_listening(addr: SocketAddr) -> Option<()> {
+    let ready = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        if ready.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Some(())
+}
+
+/// Reads one HTTP/1.1 message head (through its blank line, at most 8 KiB) a byte at a time,
+/// so nothing behind it (a pipelined frame) is consumed. `None` on EOF, error or a longer head.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 || head.len() > 8192 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
+/// A masked binary client frame (RFC 6455 §5.2) with `len` payload bytes.
+pub fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0x82];
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    let mask = [1u8, 2, 3, 4];
+    f.extend_from_slice(&mask);
+    f.extend((0..len).map(|i| (i as u8) ^ mask[i % 4]));
+    f
+}
+
+/// Echoes each masked client frame back as the unmasked server frame a WebSocket server would
+/// send (RFC 6455 §5.1), parsing only headers; every complete frame of a read is answered in one
+/// write. Unmasking is skipped (the payload goes back as it came): nothing reads it.
+pub async fn echo_frames(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut have = 0;
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        match stream.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
+        }
+        let mut at = 0;
+        out.clear();
+        while let Some((header, len)) = client_frame_at(&buf[at..have]) {
+            let payload = &buf[at + header..at + header + len];
+            out.push(buf[at]);
+            if len < 126 {
+                out.push(len as u8);
+            } else {
+                out.push(126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            out.extend_from_slice(payload);
+            at += header + len;
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `(header length, payload length)` of a whole masked frame (7- or 16-bit length) at the
+/// start of `data`, or `None` while it is incomplete.
+fn client_frame_at(data: &[u8]) -> Option<(usize, usize)> {
+    let (&b1, rest) = data.get(1..)?.split_first()?;
+    let (len, header) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
+            8,
+        ),
+        short => (short as usize, 6),
+    };
+    (data.len() >= header + len).then_some((header, len))
+}
+
+/// The value at share `p` of sorted `values` (0 when empty).
+pub fn percentile(values: &[u32], p: f64) -> u32 {
+    values
+        .get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The median of `values` (0.0 when empty).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// CPU seconds (utime + stime) and RSS (KiB) of process `pid`; zeros once it is gone.
+pub fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the ")" that ends the command name: utime is field 12, stime field 13.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (ticks as f64 / 100.0, rss) // USER_HZ is 100 on Linux
+}
