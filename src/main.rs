@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Demo { listen }) => {
-            let _logs = init_logging(flag_format.unwrap_or_default());
+            let (_logs, _) = init_logging(flag_format.unwrap_or_default());
             runtime().block_on(async {
                 match switchboard::demo::run(listen).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -69,13 +69,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let _logs = init_logging(flag_format.unwrap_or(config.log_format));
-            serve(config)
+            let (_logs, drops) = init_logging(flag_format.unwrap_or(config.log_format));
+            serve(config, drops)
         }
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, log_drops: tracing_appender::non_blocking::ErrorCounter) -> ExitCode {
     match switchboard::listener::raise_fd_limit() {
         Ok((soft, hard)) => {
             tracing::info!(soft, hard, "open-files limit");
@@ -109,7 +109,9 @@ fn serve(config: Config) -> ExitCode {
         );
         let shutdown = Shutdown::new();
         switchboard::shutdown::watch_signals(shutdown.clone());
-        match switchboard::run(config, listeners, shutdown, Metrics::new()).await {
+        let metrics = Metrics::new();
+        metrics.watch_log_writer(log_drops);
+        match switchboard::run(config, listeners, shutdown, metrics).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -228,12 +230,19 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Logs go through a background writer: a slow or blocked stdout must never stall the proxy's
 /// worker threads. Lossy: when its buffer is full, lines are dropped rather than waited for.
-/// The returned guard flushes what is buffered when it is dropped at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// The returned guard flushes what is buffered when it is dropped at exit; the counter tells
+/// how many lines were dropped (`switchboard_log_lines_dropped_total`).
+fn init_logging(
+    format: LogFormat,
+) -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    tracing_appender::non_blocking::ErrorCounter,
+) {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(64 * 1024)
         .finish(std::io::stdout());
+    let drops = writer.error_counter();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -243,7 +252,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    guard
+    (guard, drops)
 }
 
 /// mimalloc: per-thread free lists suit a proxy's many small, short-lived allocations (it cut

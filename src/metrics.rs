@@ -5,6 +5,8 @@
 //! from client input, so cardinality is bounded by the config. Handles used per chunk or per
 //! request are resolved once (per upstream, per backend) so the hot path is one atomic add.
 
+use std::sync::Arc;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -50,6 +52,13 @@ pub struct Metrics {
     pub tunnels_closing: IntGaugeVec,
     /// Plain requests by upstream and status code.
     pub http_requests_total: IntCounterVec,
+    /// Plain requests sent again: to the next backend after a failed connect, or once more
+    /// after a kept-alive connection closed under them.
+    pub http_retries_total: IntCounterVec,
+    /// Log lines the non-blocking writer dropped because it fell behind.
+    pub log_lines_dropped_total: IntCounter,
+    /// Where the dropped-line count comes from, set once logging is up.
+    log_drops: Arc<std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter>>,
     /// Plain request latency to the response head.
     pub http_request_duration_seconds: HistogramVec,
     /// 1 when the backend is healthy (health checks, and its last connect), else 0.
@@ -188,11 +197,28 @@ impl Metrics {
             http_requests_total: IntCounterVec::new(
                 Opts::new(
                     "switchboard_http_requests_total",
-                    "Plain HTTP requests by upstream (\"none\" when no route matched) and status.",
+                    "Plain HTTP requests by upstream (\"none\" when no route matched), status and the \
+                     backend that answered (\"none\" when none did).",
                 ),
-                &["upstream", "code"],
+                &["upstream", "code", "backend"],
             )
             .expect("valid metric"),
+            http_retries_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_retries_total",
+                    "Plain requests sent again: to the next backend after a failed connect (any \
+                     method; nothing had been sent), or once on a new connection after a kept-alive \
+                     one closed before answering (idempotent methods).",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            log_lines_dropped_total: IntCounter::new(
+                "switchboard_log_lines_dropped_total",
+                "Log lines (access lines included) dropped because the log writer fell behind.",
+            )
+            .expect("valid metric"),
+            log_drops: Arc::default(),
             http_request_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "switchboard_http_request_duration_seconds",
@@ -337,6 +363,8 @@ impl Metrics {
             Box::new(self.pings_sent_total.clone()),
             Box::new(self.tunnels_closing.clone()),
             Box::new(self.http_requests_total.clone()),
+            Box::new(self.http_retries_total.clone()),
+            Box::new(self.log_lines_dropped_total.clone()),
             Box::new(self.http_request_duration_seconds.clone()),
             Box::new(self.backend_up.clone()),
             Box::new(self.backend_state.clone()),
@@ -362,6 +390,7 @@ impl Metrics {
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         let each = |vec: &HistogramVec| OUTCOMES.map(|o| vec.with_label_values(&[upstream, o]));
         UpstreamMetrics {
+            http_retries_total: self.http_retries_total.with_label_values(&[upstream]),
             http_duration: each(&self.http_request_duration_seconds),
             upgrade_duration: each(&self.upgrade_duration_seconds),
             fallback: self.balancer_fallback_total.with_label_values(&[upstream]),
@@ -425,8 +454,20 @@ impl Metrics {
         }
     }
 
+    /// Lets scrapes report the lines the log writer dropped.
+    pub fn watch_log_writer(&self, counter: tracing_appender::non_blocking::ErrorCounter) {
+        let _ = self.log_drops.set(counter);
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
+        if let Some(drops) = self.log_drops.get() {
+            let seen = drops.dropped_lines() as u64;
+            let counted = self.log_lines_dropped_total.get();
+            if seen > counted {
+                self.log_lines_dropped_total.inc_by(seen - counted);
+            }
+        }
         let families = self.registry.gather();
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
@@ -474,6 +515,8 @@ pub struct UpstreamMetrics {
     pub upgrade_duration: [Histogram; 8],
     /// Sticky-hash fallbacks to least-conn.
     pub fallback: IntCounter,
+    /// `switchboard_http_retries_total` of this upstream.
+    pub http_retries_total: IntCounter,
 }
 
 /// Per-backend handles.

@@ -199,6 +199,23 @@ async fn a_refused_connect_sends_a_post_and_its_body_to_the_next_backend() {
         1.0,
         "{text}"
     );
+    assert_eq!(
+        support::metric(
+            &text,
+            "switchboard_http_retries_total",
+            &[("upstream", "app")]
+        ),
+        1.0
+    );
+    let backend = web.addr.to_string();
+    assert_eq!(
+        support::metric(
+            &text,
+            "switchboard_http_requests_total",
+            &[("code", "200"), ("backend", backend.as_str())]
+        ),
+        1.0
+    );
     assert_eq!(web.recorded().len(), 1);
     sb.stop().await;
 }

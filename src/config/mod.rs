@@ -39,6 +39,8 @@ pub struct Config {
     pub websocket: WebSocket,
     /// Log output format.
     pub log_format: LogFormat,
+    /// The access log's switches.
+    pub access_log: AccessLog,
     /// TLS termination, if configured.
     pub tls: Option<TlsConfig>,
     /// Routes in file order; the router orders them by specificity.
@@ -190,6 +192,16 @@ pub struct WebSocket {
     pub max_lifetime: Option<Duration>,
     /// Fraction of `max_lifetime` by which each tunnel's lifetime is varied, 0.0..=0.5.
     pub lifetime_jitter: f64,
+}
+
+/// `[log] access` and `access_query`: one line per request and per WebSocket, with or without
+/// the query string (queries often carry tokens, so they are left out unless asked for).
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLog {
+    /// Whether access lines are written.
+    pub enabled: bool,
+    /// Whether the path in them keeps its query string.
+    pub query: bool,
 }
 
 /// How log lines are written.

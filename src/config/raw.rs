@@ -96,6 +96,8 @@ pub struct RawWebSocket {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<Spanned<String>>,
+    pub access: Option<Spanned<String>>,
+    pub access_query: Option<Spanned<bool>>,
 }
 
 /// `[tls]`: TLS termination.

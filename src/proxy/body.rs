@@ -11,6 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::access::AccessRecord;
 use crate::balancer::Lease;
 
 /// Errors of a streamed body: hyper's, or the idle deadline.
@@ -75,6 +76,8 @@ pub enum ResponseBody {
         idle: IdleDeadline,
         /// Dropped with the body.
         _lease: Option<Lease>,
+        /// The access line, written when the body is done or dropped.
+        access: Option<Box<AccessRecord>>,
     },
     /// A body generated here (errors, admin pages).
     Local(Option<Bytes>),
@@ -90,6 +93,20 @@ impl ResponseBody {
     pub fn empty() -> Self {
         ResponseBody::Local(None)
     }
+
+    /// Hands the request's access line to the body: a backend body writes it when it is done,
+    /// a local one at once.
+    pub fn attach_access(&mut self, mut record: AccessRecord) {
+        match self {
+            ResponseBody::Backend { body, access, .. } => {
+                record.complete = body.is_end_stream();
+                *access = Some(Box::new(record));
+            }
+            ResponseBody::Local(data) => {
+                record.bytes_out = data.as_ref().map_or(0, |d| d.len() as u64);
+            }
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -101,7 +118,23 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Backend { body, idle, .. } => idle.poll(Pin::new(body), cx),
+            ResponseBody::Backend {
+                body, idle, access, ..
+            } => {
+                let frame = idle.poll(Pin::new(&mut *body), cx);
+                if let Some(record) = access {
+                    match &frame {
+                        Poll::Ready(Some(Ok(f))) => {
+                            record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64);
+                            record.complete = body.is_end_stream();
+                        }
+                        Poll::Ready(None) => record.complete = true,
+                        Poll::Ready(Some(Err(_))) => record.complete = false,
+                        Poll::Pending => {}
+                    }
+                }
+                frame
+            }
             ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -126,7 +159,10 @@ impl Body for ResponseBody {
 /// How reading a client's request body went, shared with the request path so a failed
 /// exchange is blamed on the right side.
 #[derive(Default)]
-pub struct ClientBodyState(AtomicU8);
+pub struct ClientBodyState {
+    outcome: AtomicU8,
+    bytes: std::sync::atomic::AtomicU64,
+}
 
 /// What [`ClientBodyState`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,15 +178,20 @@ pub enum ClientBodyOutcome {
 impl ClientBodyState {
     /// What happened to the body.
     pub fn outcome(&self) -> ClientBodyOutcome {
-        match self.0.load(Ordering::Relaxed) {
+        match self.outcome.load(Ordering::Relaxed) {
             0 => ClientBodyOutcome::Fine,
             1 => ClientBodyOutcome::Broken,
             _ => ClientBodyOutcome::Stalled,
         }
     }
 
+    /// Body bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn set(&self, outcome: ClientBodyOutcome) {
-        self.0.store(outcome as u8, Ordering::Relaxed);
+        self.outcome.store(outcome as u8, Ordering::Relaxed);
     }
 }
 
@@ -213,12 +254,19 @@ impl Body for RequestBody {
         match this {
             RequestBody::Client(client) => {
                 let frame = client.idle.poll(Pin::new(&mut client.body), cx);
-                if let Poll::Ready(Some(Err(error))) = &frame {
-                    client.state.set(if error.is::<BodyIdle>() {
-                        ClientBodyOutcome::Stalled
-                    } else {
-                        ClientBodyOutcome::Broken
-                    });
+                match &frame {
+                    Poll::Ready(Some(Ok(f))) => {
+                        let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                        client.state.bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        client.state.set(if error.is::<BodyIdle>() {
+                            ClientBodyOutcome::Stalled
+                        } else {
+                            ClientBodyOutcome::Broken
+                        });
+                    }
+                    _ => {}
                 }
                 frame
             }

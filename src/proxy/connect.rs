@@ -73,6 +73,7 @@ pub async fn connect(
     upstream: usize,
     key: Option<u64>,
     protocol: ClientProtocol,
+    trace: &mut super::access::Trace,
 ) -> Result<(BackendStream, Pick), ProxyError> {
     let balancer: &Balancer = &snap.balancers[upstream];
     let tls = snap.upstream_tls[upstream].as_ref();
@@ -80,6 +81,7 @@ pub async fn connect(
     loop {
         let pick = snap.next_pick(upstream, &mut attempts)?;
         let backend = pick.lease.backend().clone();
+        trace.attempt(&backend);
         match backend.pacing.admit(MAX_PACING_WAIT) {
             Admit::Now => {}
             Admit::After(wait) => tokio::time::sleep(wait).await,
@@ -113,7 +115,9 @@ pub async fn connect(
         };
         let retry = attempts.failed(&pick);
         snap.count_connect_error(upstream, &backend, &error);
-        tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error, "backend connect failed");
+        let words = super::access::connect_failure(backend.addr, &error, snap.timeouts.connect);
+        tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %words, "backend connect failed");
+        trace.failed(words);
         if !retry {
             // The handshake's outcome, counted once (each attempt is counted above).
             snap.count_upgrade(upstream, &backend, "connect_error", protocol);

@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::access::{Trace, connect_failure};
 use super::body::{
     ClientBody, ClientBodyOutcome, ClientBodyState, HeldBody, RequestBody, ResponseBody,
 };
@@ -83,6 +84,7 @@ pub async fn forward(
     upstream: usize,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let balancer = &snap.balancers[upstream];
     let (mut parts, body) = req.into_parts();
@@ -116,6 +118,7 @@ pub async fn forward(
         .to_owned();
     let idempotent = is_idempotent(&parts.method);
     let body_state = Arc::new(ClientBodyState::default());
+    trace.body = Some(body_state.clone());
     let held: Option<HeldBody> = (!body.is_end_stream()).then(|| {
         Arc::new(std::sync::Mutex::new(Some(ClientBody::new(
             body,
@@ -129,6 +132,7 @@ pub async fn forward(
     let mut pick = snap.next_pick(upstream, &mut attempts)?;
     loop {
         let backend = pick.lease.backend().clone();
+        trace.attempt(&backend);
         let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
             .parse()
             .map_err(|_| ProxyError::BadRequest {
@@ -155,6 +159,10 @@ pub async fn forward(
             .is_none_or(|h| h.lock().unwrap_or_else(|e| e.into_inner()).is_some());
         match sent {
             Err(_elapsed) => {
+                trace.failed(format!(
+                    "{} did not answer within {:?}",
+                    backend.addr, snap.timeouts.request
+                ));
                 return Err(ProxyError::Timeout {
                     backend: backend.name.clone(),
                     timeout: snap.timeouts.request,
@@ -170,10 +178,14 @@ pub async fn forward(
                 } else {
                     std::io::ErrorKind::Other
                 };
-                snap.count_connect_error(upstream, &backend, &std::io::Error::new(kind, chain));
-                tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "backend connect failed");
+                let error = std::io::Error::new(kind, innermost(&e));
+                snap.count_connect_error(upstream, &backend, &error);
+                let words = connect_failure(backend.addr, &error, snap.timeouts.connect);
+                tracing::warn!(upstream = %balancer.name, backend = %backend.name, error = %words, "backend connect failed");
+                trace.failed(words);
                 if may_retry && body_unread {
                     pick = snap.next_pick(upstream, &mut attempts)?;
+                    balancer.metrics.http_retries_total.inc();
                     continue;
                 }
                 return Err(ProxyError::Connect {
@@ -195,9 +207,19 @@ pub async fn forward(
             }
             Ok(Err(e)) if !resent_on_fresh && idempotent && body_unread && closed_early(&e) => {
                 tracing::debug!(upstream = %balancer.name, backend = %backend.name, error = %error_chain(&e), "pooled connection closed before the response; resending once");
+                trace.failed(format!(
+                    "{} closed a kept-alive connection before answering (resent once)",
+                    backend.addr
+                ));
+                balancer.metrics.http_retries_total.inc();
                 resent_on_fresh = true;
             }
             Ok(Err(e)) => {
+                trace.failed(if closed_early(&e) {
+                    format!("{} closed the connection before answering", backend.addr)
+                } else {
+                    format!("{} broke the exchange: {}", backend.addr, innermost(&e))
+                });
                 return Err(ProxyError::Backend {
                     backend: backend.name.clone(),
                     source: Box::new(e),
@@ -238,6 +260,19 @@ fn closed_early(error: &hyper_util::client::legacy::Error) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// The deepest cause of an error: the OS's or the parser's own words, without the library's
+/// layers of context.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = error;
+    for _ in 0..16 {
+        match deepest.source() {
+            Some(cause) => deepest = cause,
+            None => break,
+        }
+    }
+    deepest.to_string()
 }
 
 /// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.

@@ -1,6 +1,7 @@
 //! The request path: route, then either forward a plain request or complete a WebSocket
 //! upgrade and hand the two streams to a tunnel.
 
+pub mod access;
 pub mod admission;
 pub mod body;
 pub mod connect;
@@ -209,19 +210,37 @@ pub async fn handle(
     stream: Option<streams::StreamGuard>,
 ) -> Response<ResponseBody> {
     let snap = proxy.snapshot();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let upgrade = match conn.protocol {
         ClientProtocol::Http1 => headers::is_websocket_upgrade(&parts),
         ClientProtocol::H2 => websocket::is_extended_connect(&parts),
     };
+    let request_id = access::request_id(&mut parts.headers);
+    let access_log = snap.config.access_log;
+    let facts = access_log.enabled.then(|| {
+        access::RequestFacts::new(&parts, conn.peer, access_log.query, request_id.clone())
+    });
+    let mut trace = access::Trace::default();
+    let refuse =
+        |error: ProxyError, facts: Option<access::RequestFacts>, trace: &mut access::Trace| {
+            tracing::debug!(client = %conn.peer, error = %error, "request refused");
+            let mut response = error_response(&error);
+            proxy
+                .metrics
+                .http_requests_total
+                .with_label_values(&["none", response.status().as_str(), "none"])
+                .inc();
+            if let Some(facts) = facts {
+                let status = response.status().as_u16();
+                response
+                    .body_mut()
+                    .attach_access(facts.record("none", trace, status));
+            }
+            response
+        };
     if parts.method == Method::CONNECT && !upgrade {
         // switchboard is a reverse proxy, not a forward proxy: CONNECT only for WebSockets.
-        proxy
-            .metrics
-            .http_requests_total
-            .with_label_values(&["none", "405"])
-            .inc();
-        return error_response(&ProxyError::MethodNotAllowed);
+        return refuse(ProxyError::MethodNotAllowed, facts, &mut trace);
     }
     let checked = router::check_host(&parts).and_then(|()| {
         // Only origin-form (and absolute-form) targets name a resource of a backend; `OPTIONS *`
@@ -241,13 +260,7 @@ pub async fn handle(
         }
     });
     if let Err(error) = checked {
-        tracing::debug!(client = %conn.peer, error = %error, "request refused");
-        proxy
-            .metrics
-            .http_requests_total
-            .with_label_values(&["none", "400"])
-            .inc();
-        return error_response(&error);
+        return refuse(error, facts, &mut trace);
     }
     let Some(upstream) = snap
         .router
@@ -257,43 +270,46 @@ pub async fn handle(
             host: router::request_host(&parts).map(str::to_owned),
             path: parts.uri.path().to_owned(),
         };
-        tracing::debug!(client = %conn.peer, error = %error, "no route");
-        proxy
-            .metrics
-            .http_requests_total
-            .with_label_values(&["none", "404"])
-            .inc();
-        return error_response(&error);
+        return refuse(error, facts, &mut trace);
     };
     let req = Request::from_parts(parts, body);
     let started = std::time::Instant::now();
     let result = if upgrade {
-        websocket::upgrade(&proxy, &snap, upstream, req, &conn, stream).await
+        trace.request_id = access_log.enabled.then(|| request_id.clone());
+        websocket::upgrade(&proxy, &snap, upstream, req, &conn, stream, &mut trace).await
     } else {
-        http::forward(&snap, upstream, req, &conn).await
+        http::forward(&snap, upstream, req, &conn, &mut trace).await
     };
     // Every request is observed, failures too: slow failures are what p99 dashboards need.
-    let outcome = match &result {
+    let upgraded = match &result {
         Ok(response) if upgrade => match response.status() {
-            StatusCode::SWITCHING_PROTOCOLS => "ok",
-            StatusCode::OK if conn.protocol == ClientProtocol::H2 => "ok",
-            _ => "rejected",
+            StatusCode::SWITCHING_PROTOCOLS => true,
+            StatusCode::OK => conn.protocol == ClientProtocol::H2,
+            _ => false,
         },
+        _ => false,
+    };
+    let outcome = match &result {
+        Ok(_) if upgrade && !upgraded => "rejected",
         Ok(_) => "ok",
         Err(error) => error.outcome(),
     };
-    snap.balancers[upstream]
+    let balancer = &snap.balancers[upstream];
+    balancer
         .metrics
         .observe(upgrade, outcome, started.elapsed().as_secs_f64());
-    let response = result.unwrap_or_else(|error| {
-        let upstream_name = &snap.balancers[upstream].name;
+    let mut response = result.unwrap_or_else(|error| {
+        let upstream_name = &balancer.name;
+        let status = error.status().as_u16();
+        let tried = trace.tried();
         match error.blame() {
             Blame::Backend => tracing::warn!(upstream = %upstream_name, client = %conn.peer,
-                status = error.status().as_u16(), error = %http::error_chain(&error), "request failed"),
+                status, error = %error, tried = %tried, request_id = request_id.to_str().unwrap_or("-"),
+                "request failed"),
             Blame::Client => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
-                status = error.status().as_u16(), error = %http::error_chain(&error), "request refused"),
+                status, error = %http::error_chain(&error), "request refused"),
             Blame::Overload => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
-                status = error.status().as_u16(), error = %http::error_chain(&error), "request shed"),
+                status, error = %error, tried = %tried, "request shed"),
         }
         if upgrade {
             let reason = match &error {
@@ -313,14 +329,28 @@ pub async fn handle(
         error_response(&error)
     });
     if !upgrade {
+        let answered_by = match response.body() {
+            ResponseBody::Backend { .. } => trace.backend_name(),
+            ResponseBody::Local(_) => "none",
+        };
         proxy
             .metrics
             .http_requests_total
             .with_label_values(&[
-                snap.balancers[upstream].name.as_str(),
+                balancer.name.as_str(),
                 response.status().as_str(),
+                answered_by,
             ])
             .inc();
+    }
+    // A WebSocket that opened has its own lines (at upgrade and at close); every other request
+    // gets one here.
+    if let Some(facts) = facts
+        && !upgraded
+    {
+        let status = response.status().as_u16();
+        let record = facts.record(&balancer.name, &mut trace, status);
+        response.body_mut().attach_access(record);
     }
     response
 }
@@ -349,6 +379,7 @@ pub fn relay(
             body,
             idle: body::IdleDeadline::new(body_idle),
             _lease: Some(lease),
+            access: None,
         },
     )
 }

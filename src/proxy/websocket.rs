@@ -48,6 +48,7 @@ pub async fn upgrade(
     mut req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
     h2_stream: Option<super::streams::StreamGuard>,
+    trace: &mut super::access::Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
     let balancer = &snap.balancers[upstream];
@@ -109,7 +110,7 @@ pub async fn upgrade(
         h.insert(header::HOST, value);
     }
 
-    let (stream, pick) = connect::connect(snap, upstream, key, protocol).await?;
+    let (stream, pick) = connect::connect(snap, upstream, key, protocol, trace).await?;
     let backend = pick.lease.backend().clone();
     let record = |outcome: &str| snap.count_upgrade(upstream, &backend, outcome, protocol);
 
@@ -119,6 +120,10 @@ pub async fn upgrade(
     let answer = match tokio::time::timeout(timeout, exchange).await {
         Err(_elapsed) => {
             record("timeout");
+            trace.failed(format!(
+                "{} did not answer the handshake within {timeout:?}",
+                backend.addr
+            ));
             return Err(ProxyError::Timeout {
                 backend: backend.name.clone(),
                 timeout,
@@ -126,6 +131,7 @@ pub async fn upgrade(
         }
         Ok(Err(e)) => {
             record("bad_response");
+            trace.failed(format!("{} broke the handshake: {e}", backend.addr));
             return Err(ProxyError::Backend {
                 backend: backend.name.clone(),
                 source: Box::new(e),
@@ -161,6 +167,10 @@ pub async fn upgrade(
     };
     if !accepts(&backend_headers, own_key.as_deref()) {
         record("bad_response");
+        trace.failed(format!(
+            "{} answered 101 without a WebSocket upgrade",
+            backend.addr
+        ));
         return Err(ProxyError::BadUpgrade {
             backend: backend.name.clone(),
         });
@@ -173,8 +183,22 @@ pub async fn upgrade(
     );
     let client_headers = answer_headers(backend_headers, protocol);
     record("upgraded");
-    tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
-        protocol = protocol.as_str(), handshake_ms = started.elapsed().as_millis() as u64, "websocket upgraded");
+    let access_id = trace.request_id.take().map(|id| {
+        let id: Box<str> = id.to_str().unwrap_or("-").into();
+        let path = if snap.config.access_log.query {
+            path
+        } else {
+            parts.uri.path()
+        };
+        tracing::info!(target: super::access::TARGET, client = %conn.peer, method = %parts.method,
+            host = authority.as_deref().unwrap_or("-"), path, status = match protocol {
+                ClientProtocol::Http1 => 101,
+                ClientProtocol::H2 => 200,
+            }, upstream = %balancer.name, backend = %backend.name, attempts = trace.attempts,
+            request_id = &*id, protocol = protocol.as_str(),
+            handshake_us = started.elapsed().as_micros() as u64, "websocket upgraded");
+        id
+    });
 
     let tunnel = tunnel::Tunnel {
         shared: snap.tunnel_shared[upstream].clone(),
@@ -183,6 +207,7 @@ pub async fn upgrade(
         _slot: slot,
         conn: conn.clone(),
         _stream: h2_stream,
+        access_id,
         extensions,
     };
     proxy.tunnels.spawn(async move {

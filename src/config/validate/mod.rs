@@ -14,6 +14,7 @@ use super::{
 mod admin;
 mod admission;
 mod health_check;
+mod log;
 mod pacing;
 mod tls;
 mod tunnel;
@@ -288,6 +289,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         drain,
         websocket,
         log_format,
+        access_log: log::access(&check, raw.log.as_ref())?,
         tls,
         routes,
         route_origins,

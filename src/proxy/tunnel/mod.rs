@@ -226,6 +226,9 @@ pub struct Tunnel {
     pub conn: Arc<ConnInfo>,
     /// Keeps the HTTP/2 stream counted open (`limits.h2_idle_timeout`); `None` on HTTP/1.1.
     pub _stream: Option<super::streams::StreamGuard>,
+    /// The request id of the upgrade, for the close line; `None` when the access log is off
+    /// (and then no close line is written).
+    pub access_id: Option<Box<str>>,
     /// What the handshake negotiated (RSV bits the frames may carry).
     pub extensions: Extensions,
 }
@@ -274,8 +277,13 @@ impl Tunnel {
                 .with_label_values(&[shared.upstream.as_str(), end.reason.as_str()])
                 .inc();
         }
+        let Some(request_id) = &self.access_id else {
+            return;
+        };
         let code_of = |c: Option<u16>| c.map_or_else(|| "none".to_owned(), |c| c.to_string());
         tracing::info!(
+            target: super::access::TARGET,
+            request_id = &**request_id,
             upstream = %shared.upstream,
             backend = %backend_state.name,
             client = %self.conn.peer,
