@@ -49,66 +49,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 #[path = "support/mod.rs"]
 mod support;
 use support::{
-    KEY, echo_frames, env_or, frame, free_port, median, percentile, proc_stat, read_head,
-    wait_listening,
+    KEY, Upgrades, echo_backend, echo_backend_counted, env_or, frame, free_port, median,
+    percentile, proc_stat, read_head, wait_listening,
 };
-
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-/// Echo backend: answers the upgrade, then echoes bytes.
-async fn echo_backend() -> SocketAddr {
-    echo_backend_noting(None).await
-}
-
-/// When each upgrade request reached a backend.
-type Upgrades = Arc<std::sync::Mutex<Vec<Instant>>>;
-
-/// An [`echo_backend`] that notes the arrival of every upgrade request.
-async fn echo_backend_counted() -> (SocketAddr, Upgrades) {
-    let upgrades = Upgrades::default();
-    (echo_backend_noting(Some(upgrades.clone())).await, upgrades)
-}
-
-async fn echo_backend_noting(upgrades: Option<Upgrades>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let upgrades = upgrades.clone();
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                if !read_head(&mut stream)
-                    .await
-                    .is_some_and(|head| head.starts_with(b"GET"))
-                {
-                    return;
-                }
-                if let Some(upgrades) = upgrades {
-                    upgrades.lock().expect("upgrades").push(Instant::now());
-                }
-                let reply = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
-                );
-                if stream.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-                echo_frames(stream).await;
-            });
-        }
-    });
-    addr
-}
 
 /// How clients reach a target: plain TCP (ws://) or TLS (wss://).
 #[derive(Clone)]

@@ -3,11 +3,15 @@
 //! server (RFC 6455 §5), reading a message head, loopback ports, and a process's CPU time and
 //! RSS from /proc.
 
+// Each bench uses part of these.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// The `Sec-WebSocket-Key` of RFC 6455's example handshake (§1.3), sent by every client.
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -63,6 +67,58 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> 
         head.push(byte[0]);
     }
     Some(head)
+}
+
+/// The `Sec-WebSocket-Accept` for [`KEY`] (RFC 6455 §1.3).
+pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Echo backend: answers the upgrade, then echoes bytes.
+pub async fn echo_backend() -> SocketAddr {
+    echo_backend_noting(None).await
+}
+
+/// When each upgrade request reached a backend.
+pub type Upgrades = Arc<std::sync::Mutex<Vec<Instant>>>;
+
+/// An [`echo_backend`] that notes the arrival of every upgrade request.
+pub async fn echo_backend_counted() -> (SocketAddr, Upgrades) {
+    let upgrades = Upgrades::default();
+    (echo_backend_noting(Some(upgrades.clone())).await, upgrades)
+}
+
+async fn echo_backend_noting(upgrades: Option<Upgrades>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let upgrades = upgrades.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                if !read_head(&mut stream)
+                    .await
+                    .is_some_and(|head| head.starts_with(b"GET"))
+                {
+                    return;
+                }
+                if let Some(upgrades) = upgrades {
+                    upgrades.lock().expect("upgrades").push(Instant::now());
+                }
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+                );
+                if stream.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                echo_frames(stream).await;
+            });
+        }
+    });
+    addr
 }
 
 /// A masked binary client frame (RFC 6455 §5.2) with `len` payload bytes.
