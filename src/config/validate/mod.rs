@@ -15,6 +15,7 @@ mod admin;
 mod admission;
 mod health_check;
 mod pacing;
+mod sticky_cookie;
 mod tls;
 mod tunnel;
 mod upstream;
