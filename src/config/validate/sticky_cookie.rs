@@ -81,8 +81,17 @@ pub(super) fn sticky_cookie(
     let max_age = match &raw.max_age {
         None => None,
         Some(m) => {
-            let value = Some(m.clone());
-            let age = check.duration_or_zero(&value, &key("max_age"), Duration::ZERO)?;
+            let age = match crate::config::parse_duration(m.get_ref()) {
+                Ok(age) => age,
+                Err(message) => {
+                    return check.error(
+                        m.span(),
+                        &key("max_age"),
+                        message,
+                        Some("write e.g. max_age = \"1h\" or \"30m\"".into()),
+                    );
+                }
+            };
             if age < Duration::from_secs(1) {
                 return check.error(
                     m.span(),
