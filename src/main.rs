@@ -205,6 +205,15 @@ fn check(path: &std::path::Path) -> ExitCode {
         if let Some((rate, burst)) = upstream.upgrade_pacing {
             println!("    upgrades paced at {rate}/s per backend, burst {burst}");
         }
+        if let Some(c) = &upstream.sticky_cookie {
+            println!(
+                "    sticky cookie {} signed with {}, max-age {}",
+                c.name,
+                c.secret_file.display(),
+                c.max_age
+                    .map_or("session".to_owned(), |a| format!("{}s", a.as_secs()))
+            );
+        }
         if let Some(skew) = upstream.rebalance_skew {
             println!(
                 "    rebalanced above {skew} x the mean, {} closes/s",

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub backend_connect_errors_total: IntCounterVec,
     /// Sticky-hash picks that had no key and fell back to least-conn.
     pub balancer_fallback_total: IntCounterVec,
+    /// Requests to upstreams with a `sticky_cookie`, by what their cookie was.
+    pub sticky_cookie_total: IntCounterVec,
     /// TLS handshakes by outcome and protocol version.
     pub tls_handshakes_total: IntCounterVec,
     /// Time from the first byte to a finished TLS handshake.
@@ -302,6 +304,16 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            sticky_cookie_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sticky_cookie_total",
+                    "Requests to upstreams with a sticky_cookie, by outcome: valid (sent to the backend \
+                     it names), missing, invalid (malformed or wrongly signed), unavailable (its \
+                     backend is down, draining or gone); all but valid get a new cookie.",
+                ),
+                &["upstream", "outcome"],
+            )
+            .expect("valid metric"),
             tls_handshakes_total: IntCounterVec::new(
                 Opts::new(
                     "switchboard_tls_handshakes_total",
@@ -375,6 +387,7 @@ impl Metrics {
             Box::new(self.upgrades_rejected_total.clone()),
             Box::new(self.balancer_fallback_total.clone()),
             Box::new(self.backend_connect_errors_total.clone()),
+            Box::new(self.sticky_cookie_total.clone()),
             Box::new(self.tls_handshakes_total.clone()),
             Box::new(self.tls_handshake_duration_seconds.clone()),
             Box::new(self.tls_alpn_total.clone()),

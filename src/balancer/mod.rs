@@ -10,6 +10,7 @@ pub mod health;
 pub mod key;
 mod least_conn;
 pub mod pacing;
+mod pin;
 pub mod registry;
 mod round_robin;
 mod sticky_hash;
@@ -460,11 +461,16 @@ pub struct Attempts<'a> {
     balancer: &'a Balancer,
     key: Option<u64>,
     tried: Tried,
+    /// A backend to try first (a sticky cookie's); see [`Attempts::pinned`].
+    pin: Option<usize>,
 }
 
 impl<'a> Attempts<'a> {
     /// The next backend to try; `None` when none is left.
     pub fn next_pick(&mut self) -> Option<Pick> {
+        if let Some(pick) = self.take_pin() {
+            return Some(pick);
+        }
         if self.tried.is_empty()
             && self.key.is_none()
             && matches!(self.balancer.strategy, Strategy::StickyHash(_))
@@ -495,6 +501,7 @@ impl Balancer {
             balancer: self,
             key,
             tried: Tried::default(),
+            pin: None,
         }
     }
 }
@@ -520,7 +527,7 @@ fn load_less(a: &Backend, b: &Backend) -> std::cmp::Ordering {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Server;
 
@@ -536,6 +543,7 @@ mod tests {
             rebalance_skew: None,
             rebalance_rate: 10.0,
             health_check: None,
+            sticky_cookie: None,
             servers: weights
                 .iter()
                 .enumerate()

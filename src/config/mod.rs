@@ -338,6 +338,23 @@ pub struct Upstream {
     pub rebalance_rate: f64,
     /// Active health checks; `None`: passive health only.
     pub health_check: Option<HealthCheck>,
+    /// The signed cookie that pins a client to its backend; `None`: no cookie.
+    pub sticky_cookie: Option<StickyCookie>,
+}
+
+/// `sticky_cookie = { … }` on an upstream, with the secret already read: replicas that read the
+/// same secret honour each other's cookies, so the proxy tier scales out without shared state.
+#[derive(Debug, Clone)]
+pub struct StickyCookie {
+    /// The cookie name, e.g. `sb_route`.
+    pub name: String,
+    /// Where the secret came from (for `check`; the bytes themselves are only in `key`).
+    pub secret_file: PathBuf,
+    /// The HMAC-SHA256 key made from the file's bytes. Its `Debug` shows no key material, so a
+    /// printed config cannot leak the secret.
+    pub key: ring::hmac::Key,
+    /// `Max-Age` of the cookie; `None`: a session cookie (the browser drops it when it closes).
+    pub max_age: Option<Duration>,
 }
 
 /// `[upstream.NAME.health_check]`: how each backend is probed.

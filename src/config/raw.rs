@@ -157,6 +157,18 @@ pub struct RawUpstream {
     pub rebalance_skew: Option<Spanned<toml::Value>>,
     pub rebalance_rate: Option<Spanned<toml::Value>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub sticky_cookie: Option<Spanned<RawStickyCookie>>,
+}
+
+/// `sticky_cookie = { name = "…", secret_file = "…", max_age = "1h" }` on an upstream: a signed
+/// cookie that pins a client to the backend it was given. `secret_file` is optional here so that
+/// its absence gets an error with the key and a hint rather than serde's message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStickyCookie {
+    pub name: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<String>>,
 }
 
 /// `[upstream.NAME.health_check]`: active probes of each backend. `kind` is optional here so

@@ -66,18 +66,20 @@ impl AsyncWrite for BackendStream {
     }
 }
 
-/// Connects to the key's backend, or to the next ones while connects (or backend TLS
-/// handshakes) fail and attempts remain. Each failure is counted and logged with its cause.
+/// Connects to the key's backend (or first to `pin`, a sticky cookie's), or to the next ones
+/// while connects (or backend TLS handshakes) fail and attempts remain. Each failure is counted
+/// and logged with its cause.
 pub async fn connect(
     snap: &Snapshot,
     upstream: usize,
     key: Option<u64>,
+    pin: Option<usize>,
     protocol: ClientProtocol,
     trace: &mut super::access::Trace,
 ) -> Result<(BackendStream, Pick), ProxyError> {
     let balancer: &Balancer = &snap.balancers[upstream];
     let tls = snap.upstream_tls[upstream].as_ref();
-    let mut attempts = balancer.attempts(key);
+    let mut attempts = balancer.attempts(key).pinned(pin);
     loop {
         let pick = snap.next_pick(upstream, &mut attempts)?;
         let backend = pick.lease.backend().clone();

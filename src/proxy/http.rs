@@ -15,6 +15,7 @@ use super::body::{
     ClientBody, ClientBodyOutcome, ClientBodyState, HeldBody, RequestBody, ResponseBody,
 };
 use super::headers;
+use super::sticky_cookie::Sticky;
 use super::{ConnInfo, Snapshot};
 use crate::balancer::key::key_hash;
 use crate::config::{Timeouts, Upstream};
@@ -94,6 +95,7 @@ pub async fn forward(
     let host = super::router::request_authority(&parts).map(str::to_owned);
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
+    let sticky = Sticky::read(snap, upstream, &mut parts.headers);
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
@@ -126,7 +128,7 @@ pub async fn forward(
             body_state.clone(),
         ))))
     });
-    let mut attempts = balancer.attempts(key);
+    let mut attempts = balancer.attempts(key).pinned(sticky.pin());
     let mut resent_on_fresh = false;
 
     let mut pick = snap.next_pick(upstream, &mut attempts)?;
@@ -227,11 +229,10 @@ pub async fn forward(
             }
             Ok(Ok(response)) => {
                 attempts.succeeded(&pick);
-                return Ok(super::relay(
-                    response,
-                    pick.lease,
-                    snap.timeouts.request_body_idle,
-                ));
+                let mut response =
+                    super::relay(response, pick.lease, snap.timeouts.request_body_idle);
+                sticky.answer(&mut response, pick.index, conn);
+                return Ok(response);
             }
         }
     }

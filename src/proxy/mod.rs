@@ -10,6 +10,7 @@ pub mod headers;
 pub mod http;
 pub mod router;
 pub mod snapshot;
+pub mod sticky_cookie;
 pub mod streams;
 pub mod tunnel;
 pub mod websocket;

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// What each upstream's tunnels report to and read, in config order.
     pub tunnel_shared: Vec<Arc<tunnel::TunnelShared>>,
+    /// Each upstream's signed sticky cookie, if it has one, in config order.
+    pub sticky_cookies: Vec<Option<super::sticky_cookie::Routes>>,
     /// Metric handles.
     pub metrics: Metrics,
 }
@@ -125,7 +127,13 @@ impl Snapshot {
                 Balancer::with_backends(u, members, config.timeouts.backend_retry, metrics)
             })
             .collect();
+        let sticky_cookies = config
+            .upstreams
+            .iter()
+            .map(|u| super::sticky_cookie::Routes::new(u, metrics))
+            .collect();
         let snapshot = Snapshot {
+            sticky_cookies,
             router: Router::new(&config.routes),
             balancers,
             clients,

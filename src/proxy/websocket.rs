@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::body::ResponseBody;
 use super::handshake::{self, Answer};
 use super::http::error_chain;
+use super::sticky_cookie::Sticky;
 use super::{ClientProtocol, ConnInfo, Proxy, Snapshot, connect, headers, tunnel};
 use crate::balancer::key::key_hash;
 use crate::error::ProxyError;
@@ -74,6 +75,7 @@ pub async fn upgrade(
     .unwrap_or(HeaderValue::from_static("websocket"));
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
+    let sticky = Sticky::read(snap, upstream, &mut parts.headers);
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
@@ -110,8 +112,10 @@ pub async fn upgrade(
         h.insert(header::HOST, value);
     }
 
-    let (stream, pick) = connect::connect(snap, upstream, key, protocol, trace).await?;
+    let (stream, pick) =
+        connect::connect(snap, upstream, key, sticky.pin(), protocol, trace).await?;
     let backend = pick.lease.backend().clone();
+    let index = pick.index;
     let record = |outcome: &str| snap.count_upgrade(upstream, &backend, outcome, protocol);
 
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -157,11 +161,9 @@ pub async fn upgrade(
                     backend: backend.name.clone(),
                 });
             }
-            return Ok(super::relay(
-                response,
-                pick.lease,
-                snap.timeouts.request_body_idle,
-            ));
+            let mut response = super::relay(response, pick.lease, snap.timeouts.request_body_idle);
+            sticky.answer(&mut response, index, conn);
+            return Ok(response);
         }
         Answer::Switched { headers, stream } => (headers, stream),
     };
@@ -225,6 +227,7 @@ pub async fn upgrade(
         ClientProtocol::H2 => StatusCode::OK,
     };
     *reply.headers_mut() = client_headers;
+    sticky.answer(&mut reply, index, conn);
     Ok(reply)
 }
 

@@ -16,6 +16,7 @@ mod admission;
 mod health_check;
 mod log;
 mod pacing;
+mod sticky_cookie;
 mod tls;
 mod tunnel;
 mod upstream;

@@ -3,7 +3,7 @@
 
 use toml::Spanned;
 
-use super::{Checker, MAX_WEIGHT, health_check, pacing};
+use super::{Checker, MAX_WEIGHT, health_check, pacing, sticky_cookie};
 use crate::config::raw::{RawBackendTls, RawServer, RawUpstream};
 use crate::config::{BackendTls, Balance, ConfigError, HashKeySpec, Server, Upstream};
 
@@ -136,6 +136,10 @@ pub(super) fn upstream(
         Some(h) => Some(health_check::health_check(check, name, h)?),
         None => None,
     };
+    let sticky_cookie = match &raw.sticky_cookie {
+        Some(c) => Some(sticky_cookie::sticky_cookie(check, name, c)?),
+        None => None,
+    };
     Ok(Upstream {
         name: name.to_owned(),
         balance,
@@ -148,6 +152,7 @@ pub(super) fn upstream(
         rebalance_skew,
         rebalance_rate,
         health_check,
+        sticky_cookie,
     })
 }
 
