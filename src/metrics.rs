@@ -52,9 +52,9 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// Plain request latency to the response head.
     pub http_request_duration_seconds: HistogramVec,
-    /// 1 when the backend is healthy (health checks, and its last connect), else 0.
+    /// 1 when the backend is known healthy (health checks, or its last connect), else 0.
     pub backend_up: IntGaugeVec,
-    /// 1 for the backend's current state (up, down, draining).
+    /// 1 for the backend's current state (up, down, draining, unknown).
     pub backend_state: IntGaugeVec,
     /// Active health checks by result.
     pub health_checks_total: IntCounterVec,
@@ -206,7 +206,8 @@ impl Metrics {
             backend_up: IntGaugeVec::new(
                 Opts::new(
                     "switchboard_backend_up",
-                    "1 if the last connect to the backend succeeded (or none was tried), else 0.",
+                    "1 if the backend is known healthy (health checks pass, or its last connect \
+                     succeeded), 0 if down or not known yet (nothing tried it).",
                 ),
                 &["upstream", "backend"],
             )
@@ -214,7 +215,8 @@ impl Metrics {
             backend_state: IntGaugeVec::new(
                 Opts::new(
                     "switchboard_backend_state",
-                    "1 for the backend's current state: up, down (health checks or last connect failed) or draining.",
+                    "1 for the backend's current state: up, down (health checks or last connect failed), \
+                     draining, or unknown (no health checks and no connect tried yet).",
                 ),
                 &["upstream", "backend", "state"],
             )
@@ -368,15 +370,14 @@ impl Metrics {
         }
     }
 
-    /// Handles for one backend, resolved once when it joins. The backend starts as up.
+    /// Handles for one backend, resolved once when it joins; the backend publishes its state
+    /// into them ([`crate::balancer::Backend::publish_state`]).
     pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
         let up = self.backend_up.with_label_values(&[upstream, backend]);
-        up.set(1);
         let state = crate::balancer::BackendState::ALL.map(|s| {
             self.backend_state
                 .with_label_values(&[upstream, backend, s.as_str()])
         });
-        state[0].set(1);
         BackendMetrics {
             state,
             tunnels_active: [
@@ -484,5 +485,5 @@ pub struct BackendMetrics {
     /// Healthy (1) or not.
     pub up: IntGauge,
     /// `switchboard_backend_state`, one gauge per state in [`crate::balancer::BackendState::ALL`] order.
-    pub state: [IntGauge; 3],
+    pub state: [IntGauge; 4],
 }

@@ -5,7 +5,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use support::backends::{EchoBackend, HttpBackend};
+use support::backends::{EchoBackend, HttpBackend, refusing_addr};
 use support::clients::{http_get, ws_connect};
 use support::{DEADLINE, Switchboard, eventually, metric};
 
@@ -173,5 +173,64 @@ async fn admin_endpoints_answer() {
     assert_eq!(http_get(sb.admin, "/healthz", &[]).await.status, 200);
     assert_eq!(http_get(sb.admin, "/readyz", &[]).await.status, 200);
     assert_eq!(http_get(sb.admin, "/nothing", &[]).await.status, 404);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_nothing_has_tried_is_unknown_not_up_and_still_gets_traffic() {
+    let web = HttpBackend::start("web").await;
+    let gone = refusing_addr().await;
+    let sb = Switchboard::start(&format!(
+        "[[route]]\npath_prefix = \"/gone\"\nupstream = \"gone\"\n\
+         [[route]]\npath_prefix = \"/\"\nupstream = \"web\"\n\
+         [upstream.gone]\nservers = [\"{gone}\"]\n[upstream.web]\nservers = [\"{}\"]",
+        web.addr
+    ))
+    .await;
+    let (web_name, gone_name) = (web.addr.to_string(), gone.to_string());
+    let state = |text: &str, backend: &str, state: &str| {
+        metric(
+            text,
+            "switchboard_backend_state",
+            &[("backend", backend), ("state", state)],
+        )
+    };
+    let up =
+        |text: &str, backend: &str| metric(text, "switchboard_backend_up", &[("backend", backend)]);
+    let json_state = |upstreams: &serde_json::Value, upstream: &str| {
+        upstreams["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == upstream)
+            .unwrap()["backends"][0]["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let text = sb.scrape().await;
+    for backend in [&web_name, &gone_name] {
+        assert_eq!(state(&text, backend, "unknown"), 1.0, "{backend}");
+        assert_eq!(state(&text, backend, "up"), 0.0, "{backend}");
+        assert_eq!(up(&text, backend), 0.0, "{backend}");
+    }
+    let upstreams = sb.upstreams().await;
+    assert_eq!(json_state(&upstreams, "web"), "unknown");
+    assert_eq!(json_state(&upstreams, "gone"), "unknown");
+
+    // An unknown backend is picked like an up one; its first answer makes it up.
+    assert_eq!(http_get(sb.addr, "/", &[]).await.status, 200);
+    assert_eq!(http_get(sb.addr, "/gone", &[]).await.status, 502);
+    let text = sb.scrape().await;
+    assert_eq!(state(&text, &web_name, "up"), 1.0);
+    assert_eq!(state(&text, &web_name, "unknown"), 0.0);
+    assert_eq!(up(&text, &web_name), 1.0);
+    assert_eq!(state(&text, &gone_name, "down"), 1.0);
+    assert_eq!(state(&text, &gone_name, "unknown"), 0.0);
+    assert_eq!(up(&text, &gone_name), 0.0);
+    let upstreams = sb.upstreams().await;
+    assert_eq!(json_state(&upstreams, "web"), "up");
+    assert_eq!(json_state(&upstreams, "gone"), "down");
     sb.stop().await;
 }
