@@ -5,8 +5,8 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use support::backends::{EchoBackend, HttpBackend, refusing_addr};
-use support::clients::{http_get, ws_connect};
+use support::backends::{EchoBackend, HttpBackend, header_value, refusing_addr};
+use support::clients::{http_get, raw_send, read_to_end, ws_connect};
 use support::{DEADLINE, Switchboard, eventually, metric};
 
 #[tokio::test]
@@ -173,6 +173,45 @@ async fn admin_endpoints_answer() {
     assert_eq!(http_get(sb.admin, "/healthz", &[]).await.status, 200);
     assert_eq!(http_get(sb.admin, "/readyz", &[]).await.status, 200);
     assert_eq!(http_get(sb.admin, "/nothing", &[]).await.status, 404);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn head_on_the_probes_answers_like_get_without_a_body() {
+    let web = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&format!(
+        "[[route]]\nupstream = \"web\"\n[upstream.web]\nservers = [\"{}\"]",
+        web.addr
+    ))
+    .await;
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let get = http_get(sb.admin, path, &[]).await;
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let mut stream = raw_send(sb.admin, request.as_bytes()).await;
+        let answer = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+        assert_eq!(body, "", "HEAD {path} sent a body");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {} ", get.status)),
+            "HEAD {path}: {head}"
+        );
+        let header = |name: &str| header_value(head, name);
+        assert_eq!(
+            header("content-type").as_deref(),
+            get.headers["content-type"].to_str().ok(),
+            "HEAD {path}"
+        );
+        let length: usize = header("content-length")
+            .expect("HEAD says how long GET's body is")
+            .parse()
+            .unwrap();
+        if path == "/metrics" {
+            // The page changes between two scrapes (process metrics), its length a little.
+            assert!(length > 1000, "{length}");
+        } else {
+            assert_eq!(length, get.body.len(), "HEAD {path}");
+        }
+    }
     sb.stop().await;
 }
 

@@ -2,6 +2,9 @@
 //! `/readyz` (503 once draining, so a load balancer in front stops sending new clients), and the
 //! `/admin/*` API ([`api`]). It calls into process state; it never reaches into the proxy's
 //! internals.
+//!
+//! `HEAD` on the three probes answers as `GET` would, without the body (RFC 9110 §9.3.2):
+//! load balancers and uptime checkers probe with `HEAD`.
 
 pub mod api;
 
@@ -68,7 +71,9 @@ async fn respond(
     if req.uri().path().starts_with("/admin/") {
         return api::respond(proxy, reloader, peer, req).await;
     }
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+    let head = req.method() == Method::HEAD;
+    let method = if head { &Method::GET } else { req.method() };
+    let (status, content_type, body) = match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => {
             api::publish_draining(proxy);
             (
@@ -90,7 +95,25 @@ async fn respond(
             "not found; try /metrics, /healthz, /readyz or /admin/upstreams\n".to_owned(),
         ),
     };
+    if head {
+        return reply_head(status, content_type, body.len());
+    }
     reply(status, content_type, body)
+}
+
+/// The answer to `HEAD`: the `GET` answer's status and headers, with the length its body has,
+/// and no body.
+fn reply_head(
+    status: StatusCode,
+    content_type: &'static str,
+    length: usize,
+) -> Response<ResponseBody> {
+    let mut response = reply(status, content_type, String::new());
+    *response.body_mut() = ResponseBody::empty();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    response
 }
 
 /// A response with a body of `content_type`.
