@@ -273,3 +273,51 @@ async fn a_backend_nothing_has_tried_is_unknown_not_up_and_still_gets_traffic() 
     assert_eq!(json_state(&upstreams, "gone"), "down");
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn process_and_build_metrics_are_exported() {
+    let web = HttpBackend::start("web").await;
+    let sb = Switchboard::start(&format!(
+        "[[route]]\nupstream = \"web\"\n[upstream.web]\nservers = [\"{}\"]",
+        web.addr
+    ))
+    .await;
+    let text = sb.scrape().await;
+    let m = |name: &str| metric(&text, name, &[]);
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", switchboard::metrics::BUILD_COMMIT)
+            ]
+        ),
+        1.0
+    );
+    let commit = switchboard::metrics::BUILD_COMMIT;
+    assert!(
+        commit == "unknown" || (commit.len() >= 4 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    assert_eq!(m("switchboard_connections_limit"), 10_000.0, "the default");
+    if cfg!(target_os = "linux") {
+        assert!(m("process_resident_memory_bytes") > 1e6);
+        assert!(m("process_virtual_memory_bytes") >= m("process_resident_memory_bytes"));
+        // The listeners and the scrape's own connection at least.
+        assert!(m("process_open_fds") >= 3.0);
+        assert!(m("process_max_fds") >= m("process_open_fds"));
+        assert!(m("process_threads") >= 1.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = m("process_start_time_seconds");
+        assert!(
+            started > now - 86_400.0 && started <= now + 1.0,
+            "{started}"
+        );
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"));
+    }
+    sb.stop().await;
+}

@@ -23,8 +23,8 @@ use crate::proxy::Proxy;
 use crate::proxy::body::ResponseBody;
 use crate::reload::Reloader;
 
-/// Admin connections served at once; more wait in the backlog (a scraper and an operator need
-/// a handful).
+/// Admin connections served at once (a scraper and an operator need a handful); more wait
+/// briefly, then are closed, as at the client connection limit (`listener::limit`).
 const ADMIN_CONNECTIONS: usize = 64;
 /// Time an admin client has to send a request head.
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,7 +34,7 @@ const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// descriptors run out, never spins.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloader>) {
     let force = proxy.shutdown.force_token().clone();
-    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+    let slots = crate::listener::limit::ConnectionLimit::uncounted(ADMIN_CONNECTIONS);
     let metrics = proxy.metrics.clone();
     crate::listener::accept_loop(
         listener,
@@ -42,11 +42,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloa
         metrics,
         force,
         tokio_util::task::TaskTracker::new(),
-        false,
-        move |stream, peer, permit| {
+        move |stream, peer, slot| {
             let (proxy, reloader) = (proxy.clone(), reloader.clone());
             async move {
-                let _permit = permit;
+                let _slot = slot;
                 let service = service_fn(move |req| {
                     let (proxy, reloader) = (proxy.clone(), reloader.clone());
                     async move { Ok::<_, Infallible>(respond(&proxy, &reloader, peer, req).await) }
