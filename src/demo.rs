@@ -236,14 +236,17 @@ async fn backends_api(req: &Request<Incoming>, rest: &str, chat: &Chat) -> Respo
                 );
             }
             if *action == "drain" {
-                // Draining the last backend that is up would leave nothing to serve this page,
-                // and so no button to undrain it with.
+                // Draining the last backend that takes connections (up, or unknown: not tried
+                // yet) would leave nothing to serve this page, and so no button to undrain it
+                // with.
                 match admin_call(admin, Method::GET, "/admin/upstreams").await {
                     Ok((_, body)) => {
                         let body = String::from_utf8_lossy(&body);
                         let states = backend_states(&body);
                         if states.iter().any(|(a, _)| a == addr)
-                            && !states.iter().any(|(a, s)| a != addr && *s == "up")
+                            && !states
+                                .iter()
+                                .any(|(a, s)| a != addr && matches!(*s, "up" | "unknown"))
                         {
                             return json(
                                 StatusCode::CONFLICT,

@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::listener;
+use crate::listener::limit::ConnectionLimit;
 use crate::proxy::{ConnectionGuard, Proxy};
 use crate::server;
 use crate::tls::server::TlsTerminator;
@@ -37,24 +37,26 @@ struct AcceptLoop {
 pub struct Frontend {
     proxy: Arc<Proxy>,
     terminator: Option<Arc<TlsTerminator>>,
-    slots: Arc<Semaphore>,
+    slots: Arc<ConnectionLimit>,
     /// Every client connection task, so shutdown can wait for in-flight requests.
     pub connections: TaskTracker,
     loops: Mutex<Vec<AcceptLoop>>,
 }
 
 impl Frontend {
-    /// Accept loops for the given listeners, one connection limit across them.
+    /// Accept loops for the given listeners, one connection limit across them (published as
+    /// `switchboard_connections_limit`; a reload cannot change it).
     pub fn start(
         proxy: Arc<Proxy>,
         terminator: Option<Arc<TlsTerminator>>,
         max_connections: usize,
         listeners: [(Kind, Option<TcpListener>); 2],
     ) -> Arc<Self> {
+        let slots = ConnectionLimit::clients(max_connections, &proxy.metrics);
         let frontend = Arc::new(Frontend {
             proxy,
             terminator,
-            slots: Arc::new(Semaphore::new(max_connections)),
+            slots,
             connections: TaskTracker::new(),
             loops: Mutex::new(Vec::new()),
         });
@@ -87,9 +89,8 @@ impl Frontend {
             metrics.clone(),
             stop.clone(),
             self.connections.clone(),
-            true,
-            move |stream, peer, permit| {
-                let guard = ConnectionGuard::new(permit, metrics.connections_active.clone());
+            move |stream, peer, slot| {
+                let guard = ConnectionGuard::new(slot, metrics.connections_active.clone());
                 // Limits as configured now: a reload applies them to new connections.
                 let limits = proxy.snapshot().config.limits.clone();
                 server::serve_connection(proxy.clone(), limits, stream, peer, guard, tls.clone())

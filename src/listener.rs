@@ -3,8 +3,11 @@
 //! The accept loop never dies of its own errors: a connection reset before accept is ignored,
 //! and running out of file descriptors (EMFILE/ENFILE) is logged, counted and met with a short
 //! pause (the pending connection stays in the kernel's backlog) instead of a busy loop or an
-//! exit. The connection limit is a semaphore taken *before* accept, so at the limit new clients
-//! wait in the backlog, as with HAProxy's `maxconn`.
+//! exit. Each accepted connection takes a slot of the connection [`limit`]; at the limit it
+//! waits briefly for one (the next ones in the backlog, as with HAProxy's `maxconn`), and while
+//! the limit stays full new connections are closed at once and counted ([`limit`] says why).
+
+pub mod limit;
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use limit::{ConnectionLimit, Slot, WAIT_AT_LIMIT};
 use tokio_util::sync::CancellationToken;
 
 /// Pause after running out of descriptors, so the loop does not spin while none are free.
@@ -44,55 +47,84 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 }
 
 /// Accepts until `stop` (the shutdown's, or a reload that moved the listener), handing each
-/// connection with its slot to `serve`. `count_connections`: count them as client connections
-/// (not for the admin listener).
+/// connection with its slot of `limit` to `serve`.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    slots: Arc<Semaphore>,
+    limit: Arc<ConnectionLimit>,
     metrics: Metrics,
     stop: CancellationToken,
     connections: TaskTracker,
-    count_connections: bool,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Slot) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let drain = stop;
+    // Set once a connection waited WAIT_AT_LIMIT in vain; cleared when a slot is taken again.
+    let mut shedding = false;
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = drain.cancelled() => break,
-        };
         let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
-            _ = drain.cancelled() => break,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                if count_connections {
-                    metrics.connections_total.inc();
-                }
-                let _ = stream.set_nodelay(true);
-                connections.spawn(serve(stream, peer, permit));
-            }
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
-                let kind = if is_fd_exhausted(&e) {
-                    "fd_limit"
-                } else {
-                    "other"
+                accept_failed(&e, &metrics).await;
+                continue;
+            }
+        };
+        let slot = match limit.try_take() {
+            Some(slot) => slot,
+            None if shedding => {
+                limit.reject(stream);
+                continue;
+            }
+            None => {
+                // This one waits for a slot; the ones behind it wait in the backlog.
+                let waited = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    waited = tokio::time::timeout(WAIT_AT_LIMIT, limit.take()) => waited,
                 };
-                metrics.accept_errors_total.with_label_values(&[kind]).inc();
-                if kind == "fd_limit" {
-                    tracing::error!(error = %e, "out of file descriptors: accept paused; raise `ulimit -n` or lower limits.max_connections");
-                    tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
-                } else if !is_transient(&e) {
-                    tracing::warn!(error = %e, "accept failed");
+                match waited {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        tracing::warn!(
+                            max_connections = limit.max(),
+                            "connection limit: every slot taken for {} s; closing new connections until one comes free (raise limits.max_connections or add replicas)",
+                            WAIT_AT_LIMIT.as_secs_f64()
+                        );
+                        shedding = true;
+                        limit.reject(stream);
+                        continue;
+                    }
                 }
             }
+        };
+        if std::mem::take(&mut shedding) {
+            tracing::info!("connection limit: a slot came free; accepting again");
         }
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve(stream, peer, slot));
     }
     tracing::info!("stopped accepting connections");
+}
+
+/// Counts a failed accept; pauses when descriptors ran out, so the loop does not spin.
+async fn accept_failed(e: &io::Error, metrics: &Metrics) {
+    let kind = if is_fd_exhausted(e) {
+        "fd_limit"
+    } else {
+        "other"
+    };
+    metrics.accept_errors_total.with_label_values(&[kind]).inc();
+    if kind == "fd_limit" {
+        tracing::error!(error = %e, "out of file descriptors: accept paused; raise `ulimit -n` or lower limits.max_connections");
+        tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
+    } else if !is_transient(e) {
+        tracing::warn!(error = %e, "accept failed");
+    }
 }
 
 fn is_fd_exhausted(e: &io::Error) -> bool {

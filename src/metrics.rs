@@ -4,13 +4,27 @@
 //! from config names (upstream, backend) and small fixed enums (outcome, direction, code), never
 //! from client input, so cardinality is bounded by the config. Handles used per chunk or per
 //! request are resolved once (per upstream, per backend) so the hot path is one atomic add.
+//!
+//! On Linux the registry also holds the prometheus crate's process collector (`process_*`:
+//! memory, descriptors, CPU, start time), read from `/proc/self` at each scrape.
+
+mod limit;
 
 use std::sync::Arc;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Counter, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
+
+pub use limit::LimitClock;
+
+/// The version in `switchboard_build_info`: the crate's.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit in `switchboard_build_info`: `git rev-parse --short HEAD` at build time, or
+/// "unknown" (see `build.rs`).
+pub const BUILD_COMMIT: &str = env!("SWITCHBOARD_COMMIT");
 
 /// Buckets for handshakes and HTTP requests: 1 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -30,6 +44,15 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// Client connections accepted since start.
     pub connections_total: IntCounter,
+    /// `limits.max_connections`, beside `connections_active` (set at start; changing it takes
+    /// a restart).
+    pub connections_limit: IntGauge,
+    /// Connections closed unserved because every slot stayed taken (see [`crate::listener::limit`]).
+    pub connections_rejected_total: IntCounter,
+    /// Time with every connection slot taken.
+    pub connections_at_limit_seconds_total: LimitClock,
+    /// 1, labelled with the version and commit that runs.
+    pub build_info: IntGaugeVec,
     /// Failed accepts by kind (`fd_limit`, `other`); the accept loop carries on after each.
     pub accept_errors_total: IntCounterVec,
     /// Live tunnels per backend.
@@ -61,9 +84,9 @@ pub struct Metrics {
     log_drops: Arc<std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter>>,
     /// Plain request latency to the response head.
     pub http_request_duration_seconds: HistogramVec,
-    /// 1 when the backend is healthy (health checks, and its last connect), else 0.
+    /// 1 when the backend is known healthy (health checks, or its last connect), else 0.
     pub backend_up: IntGaugeVec,
-    /// 1 for the backend's current state (up, down, draining).
+    /// 1 for the backend's current state (up, down, draining, unknown).
     pub backend_state: IntGaugeVec,
     /// Active health checks by result.
     pub health_checks_total: IntCounterVec,
@@ -105,7 +128,32 @@ impl Metrics {
             .expect("valid metric"),
             connections_total: IntCounter::new(
                 "switchboard_connections_total",
-                "Client connections accepted.",
+                "Client connections accepted and given a slot.",
+            )
+            .expect("valid metric"),
+            connections_limit: IntGauge::new(
+                "switchboard_connections_limit",
+                "The most client connections open at once (limits.max_connections).",
+            )
+            .expect("valid metric"),
+            connections_rejected_total: IntCounter::new(
+                "switchboard_connections_rejected_total",
+                "Client connections closed unserved: every slot stayed taken for the wait at the limit.",
+            )
+            .expect("valid metric"),
+            connections_at_limit_seconds_total: LimitClock::new(
+                Counter::new(
+                    "switchboard_connections_at_limit_seconds_total",
+                    "Seconds with every client connection slot (limits.max_connections) taken.",
+                )
+                .expect("valid metric"),
+            ),
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_build_info",
+                    "1, labelled with the running switchboard's version and commit.",
+                ),
+                &["version", "commit"],
             )
             .expect("valid metric"),
             accept_errors_total: IntCounterVec::new(
@@ -234,7 +282,8 @@ impl Metrics {
             backend_up: IntGaugeVec::new(
                 Opts::new(
                     "switchboard_backend_up",
-                    "1 if the last connect to the backend succeeded (or none was tried), else 0.",
+                    "1 if the backend is known healthy (health checks pass, or its last connect \
+                     succeeded), 0 if down or not known yet (nothing tried it).",
                 ),
                 &["upstream", "backend"],
             )
@@ -242,7 +291,8 @@ impl Metrics {
             backend_state: IntGaugeVec::new(
                 Opts::new(
                     "switchboard_backend_state",
-                    "1 for the backend's current state: up, down (health checks or last connect failed) or draining.",
+                    "1 for the backend's current state: up, down (health checks or last connect failed), \
+                     draining, or unknown (no health checks and no connect tried yet).",
                 ),
                 &["upstream", "backend", "state"],
             )
@@ -356,14 +406,30 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        m.register_all();
+        m.build_info
+            .with_label_values(&[BUILD_VERSION, BUILD_COMMIT])
+            .set(1);
+        for c in m.collectors() {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         m
     }
 
-    fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+    /// switchboard's own collectors (without the process collector).
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
             Box::new(self.connections_active.clone()),
             Box::new(self.connections_total.clone()),
+            Box::new(self.connections_limit.clone()),
+            Box::new(self.connections_rejected_total.clone()),
+            Box::new(self.connections_at_limit_seconds_total.clone()),
+            Box::new(self.build_info.clone()),
             Box::new(self.accept_errors_total.clone()),
             Box::new(self.tunnels_active.clone()),
             Box::new(self.upgrades_total.clone()),
@@ -393,10 +459,23 @@ impl Metrics {
             Box::new(self.tls_alpn_total.clone()),
             Box::new(self.tls_cert_not_after_seconds.clone()),
             Box::new(self.tls_cert_reloads_total.clone()),
-        ];
-        for c in collectors {
-            self.registry.register(c).expect("metric names are unique");
-        }
+        ]
+    }
+
+    /// Every registered family's name and type (`counter`, `gauge`, `histogram`), with or
+    /// without samples: a labelled family shows on `/metrics` only once it has a series, and
+    /// the test that holds README.md's table to the code needs them all.
+    pub fn families(&self) -> Vec<(String, &'static str)> {
+        let mut families: Vec<(String, &'static str)> = self
+            .collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .chain(self.registry.gather())
+            .map(|f| (f.name().to_owned(), type_name(f.get_field_type())))
+            .collect();
+        families.sort();
+        families.dedup();
+        families
     }
 
     /// Handles for one upstream, resolved once per config.
@@ -410,15 +489,14 @@ impl Metrics {
         }
     }
 
-    /// Handles for one backend, resolved once when it joins. The backend starts as up.
+    /// Handles for one backend, resolved once when it joins; the backend publishes its state
+    /// into them ([`crate::balancer::Backend::publish_state`]).
     pub fn backend(&self, upstream: &str, backend: &str) -> BackendMetrics {
         let up = self.backend_up.with_label_values(&[upstream, backend]);
-        up.set(1);
         let state = crate::balancer::BackendState::ALL.map(|s| {
             self.backend_state
                 .with_label_values(&[upstream, backend, s.as_str()])
         });
-        state[0].set(1);
         BackendMetrics {
             state,
             tunnels_active: [
@@ -501,6 +579,18 @@ impl UpstreamMetrics {
     }
 }
 
+/// The type as the text format's `# TYPE` line writes it.
+fn type_name(t: prometheus::proto::MetricType) -> &'static str {
+    use prometheus::proto::MetricType;
+    match t {
+        MetricType::COUNTER => "counter",
+        MetricType::GAUGE => "gauge",
+        MetricType::HISTOGRAM => "histogram",
+        MetricType::SUMMARY => "summary",
+        MetricType::UNTYPED => "untyped",
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -540,5 +630,5 @@ pub struct BackendMetrics {
     /// Healthy (1) or not.
     pub up: IntGauge,
     /// `switchboard_backend_state`, one gauge per state in [`crate::balancer::BackendState::ALL`] order.
-    pub state: [IntGauge; 3],
+    pub state: [IntGauge; 4],
 }

@@ -1,6 +1,6 @@
 //! `/admin/*`: the state of every upstream and backend, reload, drain and undrain.
 //!
-//! - `GET /admin/upstreams` → `{"upstreams":[{"name":…,"backends":[{"addr":…,"state":"up"|"down"|"draining","healthy":…,"tunnels":…,"in_flight":…,"weight":…}]}]}`
+//! - `GET /admin/upstreams` → `{"upstreams":[{"name":…,"backends":[{"addr":…,"state":"up"|"down"|"draining"|"unknown","healthy":…,"tunnels":…,"in_flight":…,"weight":…}]}]}`
 //! - `POST /admin/reload` → 200 `{"result":"ok"}` or 400 `{"result":"error","error":"…"}`
 //! - `POST /admin/upstreams/{name}/backends/{addr}/drain` (and `/undrain`) → 200, 404 if unknown
 //!

@@ -2,6 +2,9 @@
 //! `/readyz` (503 once draining, so a load balancer in front stops sending new clients), and the
 //! `/admin/*` API ([`api`]). It calls into process state; it never reaches into the proxy's
 //! internals.
+//!
+//! `HEAD` on the three probes answers as `GET` would, without the body (RFC 9110 §9.3.2):
+//! load balancers and uptime checkers probe with `HEAD`.
 
 pub mod api;
 
@@ -20,8 +23,8 @@ use crate::proxy::Proxy;
 use crate::proxy::body::ResponseBody;
 use crate::reload::Reloader;
 
-/// Admin connections served at once; more wait in the backlog (a scraper and an operator need
-/// a handful).
+/// Admin connections served at once (a scraper and an operator need a handful); more wait
+/// briefly, then are closed, as at the client connection limit (`listener::limit`).
 const ADMIN_CONNECTIONS: usize = 64;
 /// Time an admin client has to send a request head.
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -31,7 +34,7 @@ const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// descriptors run out, never spins.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloader>) {
     let force = proxy.shutdown.force_token().clone();
-    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+    let slots = crate::listener::limit::ConnectionLimit::uncounted(ADMIN_CONNECTIONS);
     let metrics = proxy.metrics.clone();
     crate::listener::accept_loop(
         listener,
@@ -39,11 +42,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloa
         metrics,
         force,
         tokio_util::task::TaskTracker::new(),
-        false,
-        move |stream, peer, permit| {
+        move |stream, peer, slot| {
             let (proxy, reloader) = (proxy.clone(), reloader.clone());
             async move {
-                let _permit = permit;
+                let _slot = slot;
                 let service = service_fn(move |req| {
                     let (proxy, reloader) = (proxy.clone(), reloader.clone());
                     async move { Ok::<_, Infallible>(respond(&proxy, &reloader, peer, req).await) }
@@ -68,7 +70,9 @@ async fn respond(
     if req.uri().path().starts_with("/admin/") {
         return api::respond(proxy, reloader, peer, req).await;
     }
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+    let head = req.method() == Method::HEAD;
+    let method = if head { &Method::GET } else { req.method() };
+    let (status, content_type, body) = match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => {
             api::publish_draining(proxy);
             (
@@ -90,7 +94,25 @@ async fn respond(
             "not found; try /metrics, /healthz, /readyz or /admin/upstreams\n".to_owned(),
         ),
     };
+    if head {
+        return reply_head(status, content_type, body.len());
+    }
     reply(status, content_type, body)
+}
+
+/// The answer to `HEAD`: the `GET` answer's status and headers, with the length its body has,
+/// and no body.
+fn reply_head(
+    status: StatusCode,
+    content_type: &'static str,
+    length: usize,
+) -> Response<ResponseBody> {
+    let mut response = reply(status, content_type, String::new());
+    *response.body_mut() = ResponseBody::empty();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    response
 }
 
 /// A response with a body of `content_type`.

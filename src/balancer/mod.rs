@@ -42,6 +42,9 @@ pub struct Backend {
     live: AtomicUsize,
     /// Milliseconds since the balancer's epoch of the last connect failure, 0 when healthy.
     failed_at_ms: AtomicU64,
+    /// A connect to it has succeeded at least once; until then (and without a health-check
+    /// verdict) its state is [`BackendState::Unknown`].
+    connected_once: AtomicBool,
     /// What the active health checks last concluded ([`Health`] as a number).
     health: AtomicU8,
     /// Taking no new connections: drained by the admin API, or removed by a reload.
@@ -72,12 +75,16 @@ pub enum Health {
 /// The state an operator sees (`switchboard_backend_state`, `/admin/upstreams`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendState {
-    /// Takes connections.
+    /// Known to take connections: its health checks pass, or its last connect succeeded.
     Up,
     /// Failed its health checks (or, without them, its last connect).
     Down,
     /// Takes no new connections; its tunnels are being drained.
     Draining,
+    /// Nothing has tried it yet: no health-check verdict and no connect, so it cannot be called
+    /// up. It is still picked like an up backend (reporting only: it is not down); passive
+    /// health knows a backend only from traffic.
+    Unknown,
 }
 
 impl BackendState {
@@ -87,24 +94,30 @@ impl BackendState {
             BackendState::Up => "up",
             BackendState::Down => "down",
             BackendState::Draining => "draining",
+            BackendState::Unknown => "unknown",
         }
     }
 
     /// Every state, in label order.
-    pub const ALL: [BackendState; 3] =
-        [BackendState::Up, BackendState::Down, BackendState::Draining];
+    pub const ALL: [BackendState; 4] = [
+        BackendState::Up,
+        BackendState::Down,
+        BackendState::Draining,
+        BackendState::Unknown,
+    ];
 }
 
 impl Backend {
-    /// A backend of `upstream`, with its metric series.
+    /// A backend of `upstream`, with its metric series (published as unknown).
     pub fn new(upstream: &str, server: &Server, metrics: &Metrics) -> Arc<Backend> {
-        Arc::new(Backend {
+        let backend = Arc::new(Backend {
             addr: server.addr,
             name: server.name.clone(),
             weight: AtomicU32::new(server.weight),
             id_hash: hash::hash_bytes(server.name.as_bytes()),
             live: AtomicUsize::new(0),
             failed_at_ms: AtomicU64::new(0),
+            connected_once: AtomicBool::new(false),
             health: AtomicU8::new(Health::Unknown as u8),
             draining: AtomicBool::new(false),
             drain_epoch: AtomicU32::new(0),
@@ -112,7 +125,9 @@ impl Backend {
             ramp_start_ms: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(0),
             metrics: metrics.backend(upstream, &server.name),
-        })
+        });
+        backend.publish_state();
+        backend
     }
 
     /// Relative share, 1..=256.
@@ -216,26 +231,36 @@ impl Backend {
         self.metrics.tunnels_active.iter().map(|g| g.get()).sum()
     }
 
-    /// Healthy as far as checks and the last connect know.
+    /// Healthy as far as checks and the last connect know (true for a backend nothing has
+    /// tried yet: it is eligible).
     pub fn is_healthy(&self) -> bool {
         self.health() != Health::Down && self.failed_at_ms.load(Ordering::Relaxed) == 0
     }
 
-    /// Up, down or draining.
+    /// Healthy, and known to be: a health check said up, or a connect succeeded.
+    pub fn is_known_up(&self) -> bool {
+        self.is_healthy()
+            && (self.health() == Health::Up || self.connected_once.load(Ordering::Relaxed))
+    }
+
+    /// Up, down, draining, or unknown (never tried).
     pub fn state(&self) -> BackendState {
         if self.is_draining() {
             BackendState::Draining
-        } else if self.is_healthy() {
+        } else if !self.is_healthy() {
+            BackendState::Down
+        } else if self.is_known_up() {
             BackendState::Up
         } else {
-            BackendState::Down
+            BackendState::Unknown
         }
     }
 
-    /// Sets `switchboard_backend_up` and `switchboard_backend_state` from the current state.
+    /// Sets `switchboard_backend_up` (1 only when known up, draining or not) and
+    /// `switchboard_backend_state` from the current state.
     pub fn publish_state(&self) {
         let state = self.state();
-        self.metrics.up.set(i64::from(self.is_healthy()));
+        self.metrics.up.set(i64::from(self.is_known_up()));
         for (gauge, s) in self.metrics.state.iter().zip(BackendState::ALL) {
             gauge.set(i64::from(s == state));
         }
@@ -431,10 +456,13 @@ impl Balancer {
         backend.publish_state();
     }
 
-    /// Records a successful connect.
+    /// Records a successful connect. Publishes only on a change (the first success, or one
+    /// after a failure), so the common case is two loads.
     pub fn report_success(&self, index: usize) {
         let backend = &self.backends[index];
-        if backend.failed_at_ms.load(Ordering::Relaxed) != 0 {
+        let first = !backend.connected_once.load(Ordering::Relaxed)
+            && !backend.connected_once.swap(true, Ordering::Relaxed);
+        if backend.failed_at_ms.load(Ordering::Relaxed) != 0 || first {
             backend.failed_at_ms.store(0, Ordering::Relaxed);
             backend.publish_state();
         }

@@ -23,13 +23,13 @@ use ::http::{Method, Request, Response, StatusCode, header};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use prometheus::IntGauge;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
 use crate::balancer::Backend;
 use crate::balancer::registry::BackendRegistry;
 use crate::config::Config;
 use crate::error::{Blame, ProxyError};
+use crate::listener::limit::Slot;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use body::ResponseBody;
@@ -141,16 +141,16 @@ impl Proxy {
 /// Holds a client connection's slot: the connection-limit permit and the active gauge. Shared
 /// by the HTTP connection task and, after an upgrade, its tunnel; released when both are done.
 pub struct ConnectionGuard {
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
     active: IntGauge,
 }
 
 impl ConnectionGuard {
     /// Takes the slot; the gauge goes up now and down on drop.
-    pub fn new(permit: OwnedSemaphorePermit, active: IntGauge) -> Self {
+    pub fn new(slot: Slot, active: IntGauge) -> Self {
         active.inc();
         ConnectionGuard {
-            _permit: permit,
+            _slot: slot,
             active,
         }
     }

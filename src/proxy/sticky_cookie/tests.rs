@@ -138,8 +138,8 @@ fn answered(sticky: &Sticky<'_>, index: usize, proto: &'static str) -> Vec<Strin
         proto,
         protocol: super::super::ClientProtocol::Http1,
         guard: super::super::ConnectionGuard::new(
-            std::sync::Arc::new(tokio::sync::Semaphore::new(1))
-                .try_acquire_owned()
+            crate::listener::limit::ConnectionLimit::uncounted(1)
+                .try_take()
                 .unwrap(),
             prometheus::IntGauge::new("g", "g").unwrap(),
         ),
