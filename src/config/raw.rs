@@ -96,6 +96,7 @@ pub struct RawWebSocket {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
 }
 
 /// `[tls]`: TLS termination.

@@ -14,6 +14,7 @@ use super::{
 mod admin;
 mod admission;
 mod health_check;
+mod log;
 mod pacing;
 mod tls;
 mod tunnel;
@@ -162,6 +163,8 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         },
     };
 
+    let log_level = log::level(&check, raw.log.as_ref())?;
+
     let tls = match &raw.tls {
         Some(t) => Some(tls::tls(&check, t)?),
         None => None,
@@ -288,6 +291,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         drain,
         websocket,
         log_format,
+        log_level,
         tls,
         routes,
         route_origins,
