@@ -6,6 +6,7 @@
 pub mod descriptors;
 pub mod report;
 mod text;
+pub mod words;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
