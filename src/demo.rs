@@ -91,6 +91,9 @@ servers = [{}]
     for (listener, name) in backends {
         tokio::spawn(chat_backend(listener, name, admin));
     }
+    // Before the banner: whoever reads it may send SIGTERM at once.
+    let shutdown = Shutdown::new();
+    crate::shutdown::watch_signals(shutdown.clone());
     // The bound address, so `--listen 127.0.0.1:0` prints the port the system chose.
     let page = match &listeners.plain {
         Some(plain) => plain.local_addr()?,
@@ -108,8 +111,6 @@ servers = [{}]
     banner.push_str("  Ctrl-C stops it.\n");
     // A closed stdout (`switchboard demo | head -1`) is no reason to stop the demo.
     let _ = crate::cli::print(|out| out.write_all(banner.as_bytes()));
-    let shutdown = Shutdown::new();
-    crate::shutdown::watch_signals(shutdown.clone());
     crate::run(config, listeners, shutdown, Metrics::new())
         .await
         .map_err(|e| io::Error::other(e.to_string()))

@@ -186,6 +186,9 @@ fn serve(config: Config) -> ExitCode {
             Ok(listeners) => listeners,
             Err(e) => return fail(e),
         };
+        // Before the start line: whoever reads it may send SIGTERM at once.
+        let shutdown = Shutdown::new();
+        switchboard::shutdown::watch_signals(shutdown.clone());
         let bound = |l: &Option<tokio::net::TcpListener>| l.as_ref()?.local_addr().ok();
         let listening = cli::listener_list(&[
             ("http", bound(&listeners.plain)),
@@ -204,8 +207,6 @@ fn serve(config: Config) -> ExitCode {
             listeners = %listening,
             "switchboard started"
         );
-        let shutdown = Shutdown::new();
-        switchboard::shutdown::watch_signals(shutdown.clone());
         match switchboard::run(config, listeners, shutdown, Metrics::new()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
