@@ -91,15 +91,26 @@ servers = [{}]
     for (listener, name) in backends {
         tokio::spawn(chat_backend(listener, name, admin));
     }
-    println!("switchboard demo: open http://{listen}/ in a browser (two tabs, same room, to chat)");
-    println!("  backends: {}", servers.join(", "));
-    if let Some(admin) = admin {
-        println!("  metrics:  http://{admin}/metrics");
-        println!("  admin:    http://{admin}/admin/upstreams");
-    }
-    println!("  Ctrl-C stops it.");
+    // Before the banner: whoever reads it may send SIGTERM at once.
     let shutdown = Shutdown::new();
     crate::shutdown::watch_signals(shutdown.clone());
+    // The bound address, so `--listen 127.0.0.1:0` prints the port the system chose.
+    let page = match &listeners.plain {
+        Some(plain) => plain.local_addr()?,
+        None => listen,
+    };
+    let mut banner = format!(
+        "switchboard demo: open http://{page}/ in a browser (two tabs, same room, to chat)\n  backends: {}\n",
+        servers.join(", ")
+    );
+    if let Some(admin) = admin {
+        banner.push_str(&format!(
+            "  metrics:  http://{admin}/metrics\n  admin:    http://{admin}/admin/upstreams\n"
+        ));
+    }
+    banner.push_str("  Ctrl-C stops it.\n");
+    // A closed stdout (`switchboard demo | head -1`) is no reason to stop the demo.
+    let _ = crate::cli::print(|out| out.write_all(banner.as_bytes()));
     crate::run(config, listeners, shutdown, Metrics::new())
         .await
         .map_err(|e| io::Error::other(e.to_string()))

@@ -8,12 +8,14 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod frontend;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod rebalance;

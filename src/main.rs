@@ -1,33 +1,69 @@
 //! The `switchboard` command: parse flags, load the config, set up logging, run.
+//!
+//! The flags follow the habits of the proxies it replaces: `-c FILE` picks the config as in
+//! nginx and HAProxy, `-t` tests it as `nginx -t` does, and `SWITCHBOARD_CONFIG` sets the file
+//! for a container or a unit without touching the command line.
 
+use std::fmt::Display;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use switchboard::cli::{self, PrintError, Report, descriptors::Budget};
 use switchboard::config::{self, Config, LogFormat};
+use switchboard::logging::{self, Color};
 use switchboard::metrics::Metrics;
 use switchboard::{Listeners, Shutdown};
 
+const EXAMPLES: &str = "\
+Examples:
+  switchboard -c /etc/switchboard.toml            run
+  switchboard -t -c /etc/switchboard.toml         check the config (as nginx -t); exit 0 or 1
+  switchboard check --json | jq .upstreams        the same, for tools
+  switchboard --print-default-config > switchboard.toml
+  SWITCHBOARD_CONFIG=/etc/switchboard.toml switchboard";
+
 /// A WebSocket-aware reverse proxy and load balancer.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXAMPLES)]
 struct Cli {
     /// The config file.
-    #[arg(long, global = true, default_value = "config/switchboard.toml")]
+    #[arg(
+        short = 'c',
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SWITCHBOARD_CONFIG",
+        default_value = "config/switchboard.toml"
+    )]
     config: PathBuf,
     /// Log format; overrides `[log] format` in the config.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// Colour in log lines; `auto` colours only a terminal, and not with NO_COLOR set.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorArg::Auto)]
+    color: ColorArg,
+    /// Print the commented reference config (every key, its default and why) and exit.
+    #[arg(long)]
+    print_default_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the config and print the resolved routes and upstreams (exit 0 if valid, 1 if not).
-    Check,
-    /// Run in front of three built-in chat backends and serve a chat page.
+    /// Validate the config and print its listeners, routes and upstreams (exit 0 if valid, 1 if
+    /// not).
+    #[command(visible_short_flag_alias = 't', visible_long_flag_alias = "test")]
+    Check {
+        /// Print a JSON document instead of text (also for an invalid config: `ok` is false).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run in front of three built-in chat backends and serve a chat page (no config file).
     Demo {
         /// Where the demo listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -41,55 +77,108 @@ enum LogFormatArg {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let flag_format = cli.log_format.map(|f| match f {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
     });
+    let color = match cli.color {
+        ColorArg::Auto => Color::Auto,
+        ColorArg::Always => Color::Always,
+        ColorArg::Never => Color::Never,
+    };
+    if cli.print_default_config {
+        if cli.command.is_some() {
+            usage_error("--print-default-config takes no command; run it alone");
+        }
+        let printed = cli::print(|out| out.write_all(cli::REFERENCE_CONFIG.as_bytes()));
+        return finish(printed, ExitCode::SUCCESS);
+    }
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check { json }) => check(&cli.config, json),
         Some(Command::Demo { listen }) => {
-            let (_logs, _) = init_logging(flag_format.unwrap_or_default());
+            if given(&matches, "demo", "config") {
+                usage_error(
+                    "`demo` builds its own config in front of its own backends and reads no \
+                     file: leave out --config",
+                );
+            }
+            let _logs = logging::init(&logging::Settings {
+                format: format.unwrap_or_default(),
+                level: logging::DEFAULT_LEVEL.to_owned(),
+                color,
+                access: true,
+            });
             runtime().block_on(async {
                 match switchboard::demo::run(listen).await {
                     Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
+                    Err(e) => fail(e),
                 }
             })
         }
         None => {
             let config = match config::load(&cli.config) {
                 Ok(config) => config,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return fail(e),
             };
-            let (_logs, drops) = init_logging(flag_format.unwrap_or(config.log_format));
-            serve(config, drops)
+            let logs = logging::init(&logging::Settings {
+                format: format.unwrap_or(config.log_format),
+                level: config.log_level.clone(),
+                color,
+                access: config.access_log.enabled,
+            });
+            serve(config, logs)
         }
     }
 }
 
-fn serve(config: Config, log_drops: tracing_appender::non_blocking::ErrorCounter) -> ExitCode {
+/// Whether `arg` was typed on the command line (not taken from the environment or a default)
+/// for `subcommand`.
+fn given(matches: &ArgMatches, subcommand: &str, arg: &str) -> bool {
+    matches
+        .subcommand_matches(subcommand)
+        .and_then(|m| m.value_source(arg))
+        == Some(ValueSource::CommandLine)
+}
+
+/// Exits 2 with clap's usage message, like any other misuse of the flags.
+fn usage_error(message: &str) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
+/// Says `error` on stderr and fails. Never panics, even on a closed stderr.
+fn fail(error: impl Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {error}");
+    ExitCode::FAILURE
+}
+
+/// `code`, unless printing failed for another reason than a reader that went away
+/// (`switchboard check | head -1` is not an error).
+fn finish(printed: Result<(), PrintError>, code: ExitCode) -> ExitCode {
+    match printed {
+        Ok(()) | Err(PrintError::Closed) => code,
+        Err(PrintError::Failed(e)) => fail(format_args!("cannot write to stdout: {e}")),
+    }
+}
+
+fn serve(config: Config, logs: logging::Logging) -> ExitCode {
     match switchboard::listener::raise_fd_limit() {
         Ok((soft, hard)) => {
-            tracing::info!(soft, hard, "open-files limit");
-            // One descriptor per client connection, one per tunnel's backend connection (an
-            // HTTP/2 connection may carry many tunnels), and some for listeners, logs, pools.
-            let needed =
-                config.limits.max_connections as u64 + config.limits.max_tunnels as u64 + 64;
-            if needed > soft {
-                tracing::warn!(
-                    max_connections = config.limits.max_connections,
-                    max_tunnels = config.limits.max_tunnels,
-                    soft,
-                    "limits.max_connections + limits.max_tunnels need about {needed} descriptors; raise `ulimit -n` or lower them"
-                );
+            let budget = Budget::of(&config);
+            tracing::info!(soft, hard, needed = budget.needed, "open-files limit");
+            if let Some(advice) = budget.advice(soft) {
+                tracing::warn!(soft, needed = budget.needed, "{advice}");
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
@@ -97,137 +186,63 @@ fn serve(config: Config, log_drops: tracing_appender::non_blocking::ErrorCounter
     runtime().block_on(async {
         let listeners = match Listeners::bind(&config) {
             Ok(listeners) => listeners,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return fail(e),
         };
-        tracing::info!(
-            listen = %config.listen,
-            admin = %config.admin.map_or("off".to_owned(), |a| a.to_string()),
-            "switchboard started"
-        );
+        // Before the start line: whoever reads it may send SIGTERM at once.
         let shutdown = Shutdown::new();
         switchboard::shutdown::watch_signals(shutdown.clone());
+        let bound = |l: &Option<tokio::net::TcpListener>| l.as_ref()?.local_addr().ok();
+        let listening = cli::listener_list(&[
+            ("http", bound(&listeners.plain)),
+            ("https", bound(&listeners.tls)),
+            ("admin", bound(&listeners.admin)),
+        ]);
+        let file = config.path.as_deref().map_or_else(String::new, |path| {
+            std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_owned())
+                .display()
+                .to_string()
+        });
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %file,
+            listeners = %listening,
+            "switchboard started"
+        );
         let metrics = Metrics::new();
-        metrics.watch_log_writer(log_drops);
+        metrics.watch_log_writer(logs.dropped.clone());
         match switchboard::run(config, listeners, shutdown, metrics).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(e),
         }
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(config) => config,
+/// `switchboard check`: the report on stdout, or the error on stderr (and with `--json`, an
+/// `ok: false` document on stdout too, so a tool always has something to parse).
+fn check(path: &Path, json: bool) -> ExitCode {
+    let shown = path.display().to_string();
+    match config::load(path) {
+        Ok(config) => {
+            let report = Report::new(&shown, &config);
+            let printed = cli::print(|out| {
+                if json {
+                    cli::write_json(out, &report)
+                } else {
+                    write!(out, "{report}")
+                }
+            });
+            finish(printed, ExitCode::SUCCESS)
+        }
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{}: ok", path.display());
-    if let Some(plain) = config.plain_listen() {
-        println!("listen {plain} (http)");
-    }
-    if let Some(tls) = config.tls_listen() {
-        println!("listen {tls} (https)");
-    }
-    if let Some(admin) = config.admin {
-        println!("admin  {admin}");
-    }
-    println!("routes:");
-    for route in &config.routes {
-        let host = match &route.host {
-            None => "*".to_owned(),
-            Some(config::HostPattern::Exact(h)) => h.clone(),
-            Some(config::HostPattern::Wildcard(suffix)) => format!("*{suffix}"),
-        };
-        println!(
-            "  {host}{} -> {}",
-            route.path_prefix, config.upstreams[route.upstream].name
-        );
-    }
-    if let Some(tls) = &config.tls {
-        println!("certificates:");
-        for (i, cert) in tls.certificates.iter().enumerate() {
-            let chosen_for = if cert.server_names.is_empty() {
-                "its own names".to_owned()
-            } else {
-                cert.server_names.join(", ")
-            };
-            println!(
-                "  {}{}: names {}; chosen for {chosen_for}; expires {}",
-                cert.cert.display(),
-                if i == 0 { " (default)" } else { "" },
-                cert.info.names.join(", "),
-                cert.info.not_after_text,
-            );
+            let code = fail(&e);
+            if !json {
+                return code;
+            }
+            let printed = cli::print(|out| cli::write_json_error(out, &shown, &e.to_string()));
+            finish(printed, code)
         }
     }
-    println!("upstreams:");
-    for upstream in &config.upstreams {
-        let mut strategy = format!("{:?}", upstream.balance);
-        if let Some(key) = &upstream.hash_key {
-            strategy.push_str(&format!(" on {key:?}"));
-        }
-        if let Some(factor) = upstream.load_factor {
-            strategy.push_str(&format!(", load_factor {factor}"));
-        }
-        if let Some(tls) = &upstream.tls {
-            let ca = tls
-                .ca
-                .as_ref()
-                .map_or("system roots".to_owned(), |p| p.display().to_string());
-            strategy.push_str(&format!(
-                ", TLS to backends as {} trusting {ca}",
-                tls.server_name
-            ));
-        }
-        println!("  {} ({strategy})", upstream.name);
-        if let Some(check) = &upstream.health_check {
-            let kind = match check.kind {
-                config::HealthCheckKind::Tcp => "tcp connect".to_owned(),
-                config::HealthCheckKind::Http => format!("http GET {}", check.path),
-                config::HealthCheckKind::WebSocket => format!("websocket upgrade {}", check.path),
-            };
-            println!(
-                "    health check: {kind} every {:?}, timeout {:?}, up after {}, down after {}",
-                check.interval, check.timeout, check.rise, check.fall
-            );
-        }
-        if !upstream.slow_start.is_zero() {
-            println!("    slow start over {:?}", upstream.slow_start);
-        }
-        if let Some((rate, burst)) = upstream.upgrade_pacing {
-            println!("    upgrades paced at {rate}/s per backend, burst {burst}");
-        }
-        if let Some(c) = &upstream.sticky_cookie {
-            println!(
-                "    sticky cookie {} signed with {}, max-age {}",
-                c.name,
-                c.secret_file.display(),
-                c.max_age
-                    .map_or("session".to_owned(), |a| format!("{}s", a.as_secs()))
-            );
-        }
-        if let Some(skew) = upstream.rebalance_skew {
-            println!(
-                "    rebalanced above {skew} x the mean, {} closes/s",
-                upstream.rebalance_rate
-            );
-        }
-        for server in &upstream.servers {
-            println!(
-                "    {} = {} weight {}",
-                server.name, server.addr, server.weight
-            );
-        }
-    }
-    ExitCode::SUCCESS
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -235,33 +250,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
-}
-
-/// Logs go through a background writer: a slow or blocked stdout must never stall the proxy's
-/// worker threads. Lossy: when its buffer is full, lines are dropped rather than waited for.
-/// The returned guard flushes what is buffered when it is dropped at exit; the counter tells
-/// how many lines were dropped (`switchboard_log_lines_dropped_total`).
-fn init_logging(
-    format: LogFormat,
-) -> (
-    tracing_appender::non_blocking::WorkerGuard,
-    tracing_appender::non_blocking::ErrorCounter,
-) {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stdout());
-    let drops = writer.error_counter();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    (guard, drops)
 }
 
 /// mimalloc: per-thread free lists suit a proxy's many small, short-lived allocations (it cut

@@ -229,16 +229,18 @@ fn start_health_checks(proxy: &Proxy, snap: &crate::proxy::Snapshot, stop: &Canc
 
 /// SIGHUP reloads, as for nginx and HAProxy.
 pub fn watch_sighup(reloader: Arc<Reloader>, shutdown: crate::Shutdown) {
+    // Registered before the task is spawned: a SIGHUP that comes before the task first runs
+    // (new connection tasks are polled ahead of it) must reload, not kill the process.
+    #[cfg(unix)]
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        }
+    };
     #[cfg(unix)]
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
-                return;
-            }
-        };
         loop {
             tokio::select! {
                 got = hup.recv() => {

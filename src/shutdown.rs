@@ -66,14 +66,55 @@ impl Shutdown {
 
 /// Wires the signals to `shutdown`: the first SIGTERM/SIGINT starts the drain, a second one
 /// hurries it.
+///
+/// The handlers are installed before this returns (it must run inside the runtime), so a
+/// SIGTERM that arrives right after the start line drains instead of killing the process with
+/// the default action, or going unseen by a task that has not run yet.
 pub fn watch_signals(shutdown: Shutdown) {
+    let mut signals = Signals::install();
     tokio::spawn(async move {
-        signal().await;
+        signals.next().await;
         shutdown.trigger();
-        signal().await;
+        signals.next().await;
         tracing::info!("second signal: closing every tunnel now");
         shutdown.hurry();
     });
+}
+
+/// SIGTERM and SIGINT, registered once and kept, so no signal falls between two waits.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::terminate())
+                .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+            Signals {
+                // Without them, [`signal`] says why and falls back to Ctrl-C.
+                streams: streams.ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, interrupt)) = &mut self.streams {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            }
+            return;
+        }
+        signal().await;
+    }
 }
 
 /// Resolves on the next SIGTERM or SIGINT (Ctrl-C).

@@ -39,6 +39,9 @@ pub struct Config {
     pub websocket: WebSocket,
     /// Log output format.
     pub log_format: LogFormat,
+    /// `[log] level`: which lines are written, as tracing filter directives (`"info"`,
+    /// `"warn,switchboard=debug"`); `RUST_LOG`, when set, wins. Read at start only.
+    pub log_level: String,
     /// The access log's switches.
     pub access_log: AccessLog,
     /// TLS termination, if configured.

@@ -98,6 +98,7 @@ pub struct RawLog {
     pub format: Option<Spanned<String>>,
     pub access: Option<Spanned<String>>,
     pub access_query: Option<Spanned<bool>>,
+    pub level: Option<Spanned<String>>,
 }
 
 /// `[tls]`: TLS termination.

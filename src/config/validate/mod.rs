@@ -164,6 +164,8 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         },
     };
 
+    let log_level = log::level(&check, raw.log.as_ref())?;
+
     let tls = match &raw.tls {
         Some(t) => Some(tls::tls(&check, t)?),
         None => None,
@@ -290,6 +292,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> Result<Config
         drain,
         websocket,
         log_format,
+        log_level,
         access_log: log::access(&check, raw.log.as_ref())?,
         tls,
         routes,
