@@ -2,20 +2,25 @@
 //!
 //! Loading is two stages. [`raw`] mirrors the file (unknown keys are errors); [`validate`] turns it
 //! into typed values (socket addresses, durations, resolved upstream indices) so the runtime never
-//! re-checks anything. Every failure is one [`ConfigError`] that names the file, the line and the
-//! key, and says how to fix it.
+//! re-checks anything. Every failure is a [`ConfigError`] that names the file, the line and the
+//! key in the config's own words, and says how to fix it; one run reports every mistake in the
+//! file (up to [`MAX_ERRORS`]).
 
 mod duration;
+mod error;
+mod parse;
 mod raw;
+mod spelling;
 mod validate;
+mod words;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use duration::parse_duration;
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use error::{ConfigError, MAX_ERRORS};
 
 /// A validated configuration. Built once; shared read-only.
 #[derive(Debug, Clone)]
@@ -427,50 +432,17 @@ pub struct Server {
     pub weight: u32,
 }
 
-/// A configuration error, pointing at the file and line, with a fix where one is obvious.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file name (or another description of where the text came from).
-    pub origin: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// The dotted key at fault, when known.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-    /// How to fix it.
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.origin)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        write!(f, ": ")?;
-        if let Some(key) = &self.key {
-            write!(f, "`{key}`: ")?;
-        }
-        write!(f, "{}", self.message)?;
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: origin.clone(),
-        line: None,
-        key: None,
-        message: format!("cannot read the file: {e}"),
-        hint: Some("pass an existing file with --config FILE".into()),
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            &origin,
+            None,
+            None,
+            format!("cannot read the file: {e}"),
+            Some("pass an existing file with --config FILE".into()),
+        )
     })?;
     let mut config = from_toml_str(&src, &origin)?;
     config.path = Some(path.to_owned());
@@ -478,23 +450,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates config text; `origin` names it in errors. No file IO, so tests and the
-/// demo can build configs from strings.
+/// demo can build configs from strings. The error lists every mistake found (a TOML syntax
+/// error only by itself: nothing after it can be read).
 pub fn from_toml_str(src: &str, origin: &str) -> Result<Config, ConfigError> {
-    let raw: raw::RawConfig = toml::from_str(src).map_err(|e| {
-        let line = e.span().map(|span| line_of(src, span.start));
-        let source_line = line.and_then(|l| src.lines().nth(l - 1)).map(str::trim);
-        ConfigError {
-            origin: origin.to_owned(),
-            line,
-            key: None,
-            message: match source_line {
-                Some(text) => format!("{} (in `{text}`)", e.message().trim_end()),
-                None => e.message().trim_end().to_owned(),
-            },
-            hint: Some("see config/switchboard.toml for every key and its type".into()),
-        }
-    })?;
-    validate::validate(raw, src, origin)
+    let parsed = parse::parse(src, origin)?;
+    let (config, errors) = validate::validate(parsed.raw, src, origin);
+    let mut found = parsed.errors;
+    found.extend(errors.into_iter().filter(|e| {
+        let key = e.key.as_deref().unwrap_or_default();
+        !parsed.damage.iter().any(|d| d.covers(key, e.line))
+    }));
+    match found.pop() {
+        None => Ok(config),
+        Some(last) => Err(ConfigError::collect(last, found)),
+    }
 }
 
 /// 1-based line number of a byte offset.

@@ -1,6 +1,7 @@
 //! The configuration exactly as the TOML file spells it.
 //!
-//! Field meanings are documented in `config/switchboard.toml`; these structs only mirror it.
+//! Field meanings are documented in `config/switchboard.toml` (printed by
+//! `switchboard --print-default-config`); these structs only mirror it.
 //! Every struct denies unknown fields so that a typo is an error with a line number rather than a
 //! silently ignored setting. Values that need a semantic check later keep their span
 //! (`toml::Spanned`) so the error can point at the line.
@@ -11,6 +12,11 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use toml::Spanned;
+
+/// A duration key as written. Any TOML value is taken here and read by the one duration check
+/// (`Checker::duration_value`), so `connect = 120` gets "write \"120s\"" rather than a type
+/// error, and `"OFF"` is recognised in any case where "off" is allowed.
+pub type RawDuration = Spanned<toml::Value>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -45,50 +51,51 @@ pub struct RawAdmin {
 pub struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     pub max_header_bytes: Option<Spanned<i64>>,
-    pub header_read_timeout: Option<Spanned<String>>,
+    pub header_read_timeout: Option<RawDuration>,
     pub max_tunnels_per_ip: Option<Spanned<toml::Value>>,
     pub upgrades_per_ip_per_second: Option<Spanned<toml::Value>>,
     pub max_tunnels: Option<Spanned<i64>>,
     pub h2_max_streams: Option<Spanned<i64>>,
-    pub h2_keepalive: Option<Spanned<String>>,
-    pub h2_idle_timeout: Option<Spanned<String>>,
+    pub h2_keepalive: Option<RawDuration>,
+    pub h2_idle_timeout: Option<RawDuration>,
 }
 
-/// `[timeouts]`: durations written like "250ms", "10s", "5m", "1h".
+/// `[timeouts]`: durations written like "250ms", "10s", "1m30s", "1.5h".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
-    pub connect: Option<Spanned<String>>,
-    pub handshake: Option<Spanned<String>>,
-    pub request: Option<Spanned<String>>,
-    pub tunnel_idle: Option<Spanned<String>>,
-    pub half_closed: Option<Spanned<String>>,
-    pub shutdown_delay: Option<Spanned<String>>,
-    pub shutdown_grace: Option<Spanned<String>>,
-    pub backend_retry: Option<Spanned<String>>,
-    pub request_body_idle: Option<Spanned<String>>,
-    pub pool_idle: Option<Spanned<String>>,
+    pub connect: Option<RawDuration>,
+    pub handshake: Option<RawDuration>,
+    pub request: Option<RawDuration>,
+    pub tunnel_idle: Option<RawDuration>,
+    pub half_closed: Option<RawDuration>,
+    pub shutdown_delay: Option<RawDuration>,
+    pub shutdown_grace: Option<RawDuration>,
+    pub backend_retry: Option<RawDuration>,
+    pub request_body_idle: Option<RawDuration>,
+    pub pool_idle: Option<RawDuration>,
 }
 
 /// `[drain]`: how many tunnels are ended politely at once.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDrain {
-    pub spread: Option<Spanned<String>>,
+    pub spread: Option<RawDuration>,
     pub close_code: Option<Spanned<i64>>,
-    pub close_linger: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
+    pub close_linger: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
 }
 
 /// `[websocket]`: pings, message size and tunnel age. `max_message_bytes` is an integer or
-/// `"off"`, so it stays a `toml::Value` and is checked by hand for a clear message.
+/// `"off"` and `lifetime_jitter` a percentage in quotes, so they stay `toml::Value`s and are
+/// checked by hand for a clear message.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebSocket {
-    pub ping_interval: Option<Spanned<String>>,
+    pub ping_interval: Option<RawDuration>,
     pub max_message_bytes: Option<Spanned<toml::Value>>,
-    pub max_lifetime: Option<Spanned<String>>,
-    pub lifetime_jitter: Option<Spanned<String>>,
+    pub max_lifetime: Option<RawDuration>,
+    pub lifetime_jitter: Option<Spanned<toml::Value>>,
 }
 
 /// `[log]`.
@@ -110,8 +117,8 @@ pub struct RawTls {
     pub key: Spanned<String>,
     #[serde(default)]
     pub certificates: Vec<Spanned<RawCertificate>>,
-    pub handshake_timeout: Option<Spanned<String>>,
-    pub reload_interval: Option<Spanned<String>>,
+    pub handshake_timeout: Option<RawDuration>,
+    pub reload_interval: Option<RawDuration>,
 }
 
 /// One `[[tls.certificates]]`, chosen by SNI.
@@ -152,7 +159,7 @@ pub struct RawUpstream {
     pub load_factor: Option<Spanned<f64>>,
     pub tls: Option<Spanned<RawBackendTls>>,
     pub servers: Spanned<Vec<Spanned<RawServer>>>,
-    pub slow_start: Option<Spanned<String>>,
+    pub slow_start: Option<RawDuration>,
     pub max_upgrades_per_second: Option<Spanned<toml::Value>>,
     pub upgrade_burst: Option<Spanned<i64>>,
     pub rebalance_skew: Option<Spanned<toml::Value>>,
@@ -181,8 +188,8 @@ pub struct RawHealthCheck {
     pub path: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
     pub expect_status: Option<Spanned<i64>>,
-    pub interval: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
 }

@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::Checker;
 use super::pacing::number;
 use crate::config::raw::{RawLimits, RawRoute};
+use crate::config::words::Found;
 use crate::config::{ConfigError, HostPattern, Origin, OriginPattern, OriginPolicy};
 
 /// Largest `limits.max_tunnels_per_ip`, the same bound as `limits.max_connections`.
@@ -32,28 +33,22 @@ impl Origin {
     }
 }
 
-/// A route's `allowed_origins` and `require_origin`.
-pub(super) fn origin_policy(
-    check: &Checker,
-    route: &Spanned<RawRoute>,
-) -> Result<OriginPolicy, ConfigError> {
+/// A route's `allowed_origins` and `require_origin`; a bad entry is reported and left out.
+pub(super) fn origin_policy(check: &Checker, route: &Spanned<RawRoute>) -> OriginPolicy {
     let raw = route.get_ref();
-    let allowed = match &raw.allowed_origins {
-        None => None,
-        Some(list) => {
-            let mut patterns = Vec::with_capacity(list.get_ref().len());
-            for entry in list.get_ref() {
-                patterns.push(origin_pattern(check, entry)?);
-            }
-            Some(patterns)
-        }
-    };
+    let allowed = raw.allowed_origins.as_ref().map(|list| {
+        list.get_ref()
+            .iter()
+            .filter_map(|entry| check.keep(origin_pattern(check, entry)))
+            .collect::<Vec<_>>()
+    });
     let require = raw.require_origin.as_ref().is_some_and(|r| *r.get_ref());
-    if let (Some(r), Some(list)) = (&raw.require_origin, &allowed)
+    // The list as written: one whose entries were all wrong is not the empty list.
+    if let (Some(r), Some(list)) = (&raw.require_origin, &raw.allowed_origins)
         && *r.get_ref()
-        && list.is_empty()
+        && list.get_ref().is_empty()
     {
-        return check.error(
+        check.report(
             r.span(),
             "route.require_origin",
             "with allowed_origins = [] and require_origin = true no WebSocket can ever open on \
@@ -65,7 +60,7 @@ pub(super) fn origin_policy(
             ),
         );
     }
-    Ok(OriginPolicy { allowed, require })
+    OriginPolicy { allowed, require }
 }
 
 /// One `allowed_origins` entry.
@@ -219,11 +214,12 @@ pub(super) fn max_tunnels_per_ip(
     let key = "limits.max_tunnels_per_ip";
     Ok(match &raw.max_tunnels_per_ip {
         None => None,
-        Some(v) => match v.get_ref() {
-            toml::Value::String(s) if is_off(s) => None,
-            toml::Value::Integer(n) if (1..=MAX_TUNNELS_PER_IP).contains(n) => Some(*n as u32),
-            toml::Value::Integer(n) => {
-                return check.error(
+        Some(v) => {
+            match v.get_ref() {
+                toml::Value::String(s) if is_off(s) => None,
+                toml::Value::Integer(n) if (1..=MAX_TUNNELS_PER_IP).contains(n) => Some(*n as u32),
+                toml::Value::Integer(n) => {
+                    return check.error(
                     v.span(),
                     key,
                     format!("{n} is out of range; use 1 to {MAX_TUNNELS_PER_IP}, or \"off\""),
@@ -232,16 +228,23 @@ pub(super) fn max_tunnels_per_ip(
                             .into(),
                     ),
                 );
-            }
-            _ => {
-                return check.error(
+                }
+                other => {
+                    let found = Found::of(other);
+                    return check.error(
                     v.span(),
                     key,
-                    "expected a whole number of tunnels such as 100, or \"off\"",
-                    Some("write the number bare (no quotes, no decimals), or \"off\"".into()),
+                    format!("expected a whole number of tunnels such as 100, or \"off\"; found {found}"),
+                    Some(match found.number() {
+                        Some(n) if n.parse::<i64>().is_ok() => {
+                            format!("write {n} without quotes, or \"off\"")
+                        }
+                        _ => "write the number bare (no quotes, no decimals), or \"off\"".into(),
+                    }),
                 );
+                }
             }
-        },
+        }
     })
 }
 
@@ -257,11 +260,7 @@ pub(super) fn upgrades_per_ip_per_second(
         Some(v) => {
             let rate = number(check, v, key, "5").map_err(|mut e| {
                 if !v.get_ref().is_float() {
-                    e.hint = Some(
-                        "write the number bare (no quotes, no unit; integers and decimals both \
-                         work), or \"off\""
-                            .into(),
-                    );
+                    e.hint = e.hint.take().map(|hint| format!("{hint}, or \"off\""));
                 }
                 e
             })?;

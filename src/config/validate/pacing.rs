@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::Checker;
 use crate::config::raw::RawUpstream;
+use crate::config::words::Found;
 use crate::config::{Balance, ConfigError};
 
 /// Default `rebalance_rate`: polite closes per second per upstream.
@@ -62,55 +63,69 @@ pub(super) fn upgrade_pacing(
     Ok(Some((rate, burst)))
 }
 
-/// `rebalance_skew` and `rebalance_rate` → `(skew, rate)`.
+/// `rebalance_skew` and `rebalance_rate` → `(skew, rate)`; each falls back to its default
+/// when it is wrong.
 pub(super) fn rebalance(
     check: &Checker,
     name: &str,
     raw: &RawUpstream,
     balance: Balance,
-) -> Result<(Option<f64>, f64), ConfigError> {
-    let skew_key = format!("upstream.{name}.rebalance_skew");
-    let rate_key = format!("upstream.{name}.rebalance_rate");
-    let skew = match &raw.rebalance_skew {
-        None => None,
-        Some(s) if balance == Balance::StickyHash => {
-            return check.error(
-                s.span(),
-                &skew_key,
-                "rebalance_skew does not apply to balance = \"sticky-hash\" (affinity wins: \
-                 rebalancing would move sticky keys)",
-                Some("remove it; to bound sticky loads, use load_factor".into()),
-            );
-        }
-        Some(s) => {
-            let skew = number(check, s, &skew_key, "1.5")?;
-            if skew <= 1.0 {
-                return check.error(
-                    s.span(),
-                    &skew_key,
-                    format!("{skew} is too small; the skew must be above 1.0"),
-                    Some("e.g. 1.5: a backend above 1.5 × the mean has its excess closed".into()),
-                );
-            }
-            Some(skew)
-        }
-    };
+) -> (Option<f64>, f64) {
+    let skew = raw
+        .rebalance_skew
+        .as_ref()
+        .and_then(|s| check.keep(rebalance_skew(check, name, s, balance)));
     let rate = match &raw.rebalance_rate {
         None => DEFAULT_REBALANCE_RATE,
-        Some(r) => {
-            let rate = number(check, r, &rate_key, "10")?;
-            if rate <= 0.0 {
-                return check.error(
-                    r.span(),
-                    &rate_key,
-                    format!("{rate} is not a rate; use polite closes per second above zero"),
-                    Some("e.g. 10 (the default), or 0.5 for one every two seconds".into()),
-                );
-            }
-            rate
-        }
+        Some(r) => check.or(rebalance_rate(check, name, r), DEFAULT_REBALANCE_RATE),
     };
-    Ok((skew, rate))
+    (skew, rate)
+}
+
+fn rebalance_skew(
+    check: &Checker,
+    name: &str,
+    s: &Spanned<toml::Value>,
+    balance: Balance,
+) -> Result<f64, ConfigError> {
+    let key = format!("upstream.{name}.rebalance_skew");
+    if balance == Balance::StickyHash {
+        return check.error(
+            s.span(),
+            &key,
+            "rebalance_skew does not apply to balance = \"sticky-hash\" (affinity wins: \
+             rebalancing would move sticky keys)",
+            Some("remove it; to bound sticky loads, use load_factor".into()),
+        );
+    }
+    let skew = number(check, s, &key, "1.5")?;
+    if skew <= 1.0 {
+        return check.error(
+            s.span(),
+            &key,
+            format!("{skew} is too small; the skew must be above 1.0"),
+            Some("e.g. 1.5: a backend above 1.5 × the mean has its excess closed".into()),
+        );
+    }
+    Ok(skew)
+}
+
+fn rebalance_rate(
+    check: &Checker,
+    name: &str,
+    r: &Spanned<toml::Value>,
+) -> Result<f64, ConfigError> {
+    let key = format!("upstream.{name}.rebalance_rate");
+    let rate = number(check, r, &key, "10")?;
+    if rate <= 0.0 {
+        return check.error(
+            r.span(),
+            &key,
+            format!("{rate} is not a rate; use polite closes per second above zero"),
+            Some("e.g. 10 (the default), or 0.5 for one every two seconds".into()),
+        );
+    }
+    Ok(rate)
 }
 
 /// A finite number written as an integer or a float.
@@ -129,17 +144,22 @@ pub(super) fn number(
             format!("{f} is not a usable number"),
             Some(format!("write a finite number such as {example}")),
         ),
-        other => check.error(
-            value.span(),
-            key,
-            format!(
-                "expected a number such as {example}, found {}",
-                other.type_str()
-            ),
-            Some(
-                "write the number bare (no quotes, no unit); integers and decimals both work"
-                    .into(),
-            ),
-        ),
+        other => {
+            let found = Found::of(other);
+            check.error(
+                value.span(),
+                key,
+                format!("expected a number such as {example}, found {found}"),
+                Some(match found.number() {
+                    Some(n) => format!("write {n} without quotes"),
+                    None if matches!(&found, Found::Text(t) if t.trim().eq_ignore_ascii_case("off")) => {
+                        format!("this key cannot be \"off\"; write a number such as {example}")
+                    }
+                    None => "write the number bare (no quotes, no unit); integers and decimals \
+                             both work"
+                        .into(),
+                }),
+            )
+        }
     }
 }

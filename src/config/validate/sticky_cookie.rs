@@ -83,12 +83,12 @@ pub(super) fn sticky_cookie(
         Some(m) => {
             let age = match crate::config::parse_duration(m.get_ref()) {
                 Ok(age) => age,
-                Err(message) => {
+                Err(error) => {
                     return check.error(
                         m.span(),
                         &key("max_age"),
-                        message,
-                        Some("write e.g. max_age = \"1h\" or \"30m\"".into()),
+                        error.to_string(),
+                        Some(error.hint()),
                     );
                 }
             };

@@ -8,12 +8,14 @@ use super::Checker;
 use crate::config::raw::RawTls;
 use crate::config::{Certificate, ConfigError, TlsConfig};
 
-pub(super) fn tls(check: &Checker, raw: &RawTls) -> Result<TlsConfig, ConfigError> {
-    let listen = match &raw.listen {
-        Some(l) => Some(check.addr(l, "tls.listen")?),
-        None => None,
-    };
-    let mut certificates = vec![certificate(check, &raw.cert, &raw.key, "tls", Vec::new())?];
+/// `[tls]`; a certificate that does not load is reported and left out.
+pub(super) fn tls(check: &Checker, raw: &RawTls) -> TlsConfig {
+    let listen = raw
+        .listen
+        .as_ref()
+        .and_then(|l| check.keep(check.addr(l, "tls.listen")));
+    let mut certificates = Vec::with_capacity(1 + raw.certificates.len());
+    certificates.extend(check.keep(certificate(check, &raw.cert, &raw.key, "tls", Vec::new())));
     for extra in &raw.certificates {
         let c = extra.get_ref();
         let mut names = Vec::new();
@@ -23,38 +25,39 @@ pub(super) fn tls(check: &Checker, raw: &RawTls) -> Result<TlsConfig, ConfigErro
                 let bare = lower.strip_prefix("*.").unwrap_or(&lower);
                 if bare.is_empty() || bare.contains('*') || bare.contains(':') || bare.contains('/')
                 {
-                    return check.error(
+                    check.report(
                         list.span(),
                         "tls.certificates.server_names",
                         format!("`{name}` is not a server name"),
                         Some("write \"chat.example.com\" or \"*.example.com\"".into()),
                     );
+                    continue;
                 }
                 names.push(lower);
             }
         }
-        certificates.push(certificate(
+        certificates.extend(check.keep(certificate(
             check,
             &c.cert,
             &c.key,
             "tls.certificates",
             names,
-        )?);
+        )));
     }
-    Ok(TlsConfig {
+    TlsConfig {
         listen,
         certificates,
         handshake_timeout: check.duration(
             &raw.handshake_timeout,
             "tls.handshake_timeout",
             Duration::from_secs(10),
-        )?,
+        ),
         reload_interval: check.duration(
             &raw.reload_interval,
             "tls.reload_interval",
             Duration::from_secs(10),
-        )?,
-    })
+        ),
+    }
 }
 
 /// Loads one cert/key pair now, so a missing file or a mismatched key stops the start with the

@@ -5,8 +5,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::Checker;
+use super::checker::Takes;
 use crate::config::raw::{RawDrain, RawWebSocket};
-use crate::config::{ConfigError, Drain, WebSocket};
+use crate::config::words::Found;
+use crate::config::{ConfigError, Drain, WebSocket, format_duration};
 
 /// Largest `websocket.max_message_bytes`: 2^53, the largest integer every JSON reader keeps exact.
 const MAX_MESSAGE_BYTES: i64 = 1 << 53;
@@ -14,84 +16,74 @@ const MAX_MESSAGE_BYTES: i64 = 1 << 53;
 /// Largest `websocket.lifetime_jitter`, in percent.
 const MAX_JITTER_PERCENT: f64 = 50.0;
 
+/// `websocket.lifetime_jitter` when the key is absent: 10 %.
+const DEFAULT_JITTER: f64 = 0.10;
+
+/// Shortest `websocket.ping_interval`: more often only adds traffic.
+const MIN_PING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `[drain]`, with its defaults when the table is absent.
-pub(super) fn drain(check: &Checker, raw: &RawDrain) -> Result<Drain, ConfigError> {
+pub(super) fn drain(check: &Checker, raw: &RawDrain) -> Drain {
     let close_code = match &raw.close_code {
         None => 1001,
         Some(c) => match *c.get_ref() {
             1001 => 1001,
             1012 => 1012,
             other => {
-                return check.error(
+                check.report(
                     c.span(),
                     "drain.close_code",
                     format!("{other} is not a close code switchboard sends"),
                     Some("use 1001 (Going Away) or 1012 (Service Restart)".into()),
                 );
+                1001
             }
         },
     };
-    Ok(Drain {
-        spread: check.duration_or_zero(&raw.spread, "drain.spread", Duration::from_secs(5))?,
+    Drain {
+        spread: check.duration_or_zero(&raw.spread, "drain.spread", Duration::from_secs(5)),
         close_code,
         close_linger: check.duration(
             &raw.close_linger,
             "drain.close_linger",
             Duration::from_secs(5),
-        )?,
-        timeout: check.duration(&raw.timeout, "drain.timeout", Duration::from_secs(30))?,
-    })
-}
-
-/// `[websocket]`, with its defaults (everything off) when the table is absent.
-pub(super) fn websocket(check: &Checker, raw: &RawWebSocket) -> Result<WebSocket, ConfigError> {
-    let key = "websocket.ping_interval";
-    let ping_interval = match &raw.ping_interval {
-        Some(v) if !is_off(v) => {
-            let d = check
-                .duration_or_zero(&raw.ping_interval, key, Duration::ZERO)
-                .map_err(or_off("30s"))?;
-            if d < Duration::from_secs(1) {
-                return check.error(
-                    v.span(),
-                    key,
-                    format!("`{}` is too short a ping interval", v.get_ref()),
-                    Some("use at least \"1s\" (20s to 60s is usual), or \"off\"".into()),
-                );
-            }
-            Some(d)
-        }
-        _ => None,
-    };
-    let max_lifetime = match &raw.max_lifetime {
-        Some(v) if !is_off(v) => Some(
-            check
-                .duration(&raw.max_lifetime, "websocket.max_lifetime", Duration::ZERO)
-                .map_err(or_off("24h"))?,
         ),
-        _ => None,
-    };
-    Ok(WebSocket {
-        ping_interval,
-        max_message_bytes: max_message_bytes(check, &raw.max_message_bytes)?,
-        max_lifetime,
-        lifetime_jitter: lifetime_jitter(check, &raw.lifetime_jitter)?,
-    })
-}
-
-/// Adds the hint for a key that takes a duration or "off", e.g. `or_off("30s")`.
-fn or_off(example: &str) -> impl FnOnce(ConfigError) -> ConfigError + '_ {
-    move |mut e| {
-        e.hint = Some(format!(
-            "write a duration such as \"{example}\", or \"off\""
-        ));
-        e
+        timeout: check.duration(&raw.timeout, "drain.timeout", Duration::from_secs(30)),
     }
 }
 
-/// `"off"`, in any case: the feature is disabled.
-fn is_off(value: &Spanned<String>) -> bool {
-    value.get_ref().trim().eq_ignore_ascii_case("off")
+/// `[websocket]`, with its defaults (everything off) when the table is absent.
+pub(super) fn websocket(check: &Checker, raw: &RawWebSocket) -> WebSocket {
+    let key = "websocket.ping_interval";
+    // Zero is taken here so that "0s" gets the minimum in its message.
+    let takes = Takes {
+        zero: true,
+        off: true,
+    };
+    let ping_interval = check.duration_taking(&raw.ping_interval, key, None, takes, "30s");
+    let ping_interval = match (ping_interval, &raw.ping_interval) {
+        (Some(d), Some(v)) if d < MIN_PING_INTERVAL => {
+            check.report(
+                v.span(),
+                key,
+                format!("`{}` is too short a ping interval", format_duration(d)),
+                Some("use at least \"1s\" (20s to 60s is usual), or \"off\"".into()),
+            );
+            None
+        }
+        (interval, _) => interval,
+    };
+    WebSocket {
+        ping_interval,
+        max_message_bytes: check.or(max_message_bytes(check, &raw.max_message_bytes), None),
+        max_lifetime: check.duration_or_off(
+            &raw.max_lifetime,
+            "websocket.max_lifetime",
+            None,
+            "24h",
+        ),
+        lifetime_jitter: check.or(lifetime_jitter(check, &raw.lifetime_jitter), DEFAULT_JITTER),
+    }
 }
 
 fn max_message_bytes(
@@ -114,20 +106,59 @@ fn max_message_bytes(
             ),
             Some("e.g. 1048576 for 1 MiB, or \"off\" for no limit".into()),
         ),
-        _ => check.error(
-            value.span(),
-            key,
-            "expected a number of bytes such as 1048576, or \"off\"",
-            Some("write the size as a bare integer (no quotes, no unit), or \"off\"".into()),
-        ),
+        other => {
+            let found = Found::of(other);
+            check.error(
+                value.span(),
+                key,
+                format!("expected a number of bytes such as 1048576, or \"off\"; found {found}"),
+                Some(match found.number() {
+                    Some(n) if n.parse::<i64>().is_ok() => {
+                        format!("write {n} without quotes (a bare integer, no unit), or \"off\"")
+                    }
+                    _ => "write the size as a bare integer (no quotes, no unit), or \"off\"".into(),
+                }),
+            )
+        }
     }
 }
 
-fn lifetime_jitter(check: &Checker, value: &Option<Spanned<String>>) -> Result<f64, ConfigError> {
+fn lifetime_jitter(
+    check: &Checker,
+    value: &Option<Spanned<toml::Value>>,
+) -> Result<f64, ConfigError> {
+    let key = "websocket.lifetime_jitter";
     let Some(value) = value else {
-        return Ok(0.10);
+        return Ok(DEFAULT_JITTER);
     };
-    let text = value.get_ref().trim();
+    let text = match value.get_ref() {
+        toml::Value::String(s) => s.trim(),
+        other @ (toml::Value::Integer(_) | toml::Value::Float(_)) => {
+            let n = Found::of(other).to_string();
+            // 0.1 reads as a fraction (10 %), 10 as percent.
+            let percent = match other.as_float() {
+                Some(f) if f > 0.0 && f < 1.0 => format!("{}", f * 100.0),
+                _ => n.clone(),
+            };
+            return check.error(
+                value.span(),
+                key,
+                format!("`{n}` is a bare number; the jitter is a percentage in quotes"),
+                Some(format!("write \"{percent}%\"")),
+            );
+        }
+        other => {
+            return check.error(
+                value.span(),
+                key,
+                format!(
+                    "expected a percentage in quotes such as \"10%\", found {}",
+                    Found::of(other)
+                ),
+                Some("write a percentage from \"0%\" to \"50%\", e.g. \"10%\"".into()),
+            );
+        }
+    };
     let percent = text
         .strip_suffix('%')
         .map(str::trim_end)
@@ -137,13 +168,13 @@ fn lifetime_jitter(check: &Checker, value: &Option<Spanned<String>>) -> Result<f
         Some(p) if (0.0..=MAX_JITTER_PERCENT).contains(&p) => Ok(p / 100.0),
         Some(_) => check.error(
             value.span(),
-            "websocket.lifetime_jitter",
+            key,
             format!("`{text}` is out of range"),
             Some("use a percentage from \"0%\" to \"50%\", e.g. \"10%\"".into()),
         ),
         None => check.error(
             value.span(),
-            "websocket.lifetime_jitter",
+            key,
             format!("`{text}` is not a percentage"),
             Some("write a percentage from \"0%\" to \"50%\", e.g. \"10%\"".into()),
         ),

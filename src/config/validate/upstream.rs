@@ -7,140 +7,50 @@ use super::{Checker, MAX_WEIGHT, health_check, pacing, sticky_cookie};
 use crate::config::raw::{RawBackendTls, RawServer, RawUpstream};
 use crate::config::{BackendTls, Balance, ConfigError, HashKeySpec, Server, Upstream};
 
-pub(super) fn upstream(
-    check: &Checker,
-    name: &str,
-    spanned: &Spanned<RawUpstream>,
-) -> Result<Upstream, ConfigError> {
+/// One `[upstream.NAME]`; every key is checked, a wrong one stands in with its default.
+pub(super) fn upstream(check: &Checker, name: &str, spanned: &Spanned<RawUpstream>) -> Upstream {
     let raw = spanned.get_ref();
     let key = |field: &str| format!("upstream.{name}.{field}");
+    let before = check.errors_so_far();
     let balance = match &raw.balance {
         None => Balance::LeastConn,
-        Some(b) => match b.get_ref().as_str() {
-            "least-conn" => Balance::LeastConn,
-            "sticky-hash" => Balance::StickyHash,
-            "round-robin" => Balance::RoundRobin,
-            other => {
-                return check.error(
-                    b.span(),
-                    &key("balance"),
-                    format!("unknown strategy `{other}`"),
-                    Some("use \"least-conn\", \"sticky-hash\" or \"round-robin\"".into()),
-                );
-            }
-        },
+        Some(b) => check.or(balance(check, b, &key("balance")), Balance::LeastConn),
     };
-    let hash_key = match &raw.hash_key {
-        None if balance == Balance::StickyHash => {
-            return check.error(
-                spanned.span(),
-                &key("hash_key"),
-                "sticky-hash needs a hash_key",
-                Some(
-                    "add hash_key = \"ip\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\""
-                        .into(),
-                ),
-            );
-        }
-        None => None,
-        Some(k) if balance != Balance::StickyHash => {
-            return check.error(
-                k.span(),
-                &key("hash_key"),
-                "hash_key only applies to balance = \"sticky-hash\"",
-                Some("remove it, or set balance = \"sticky-hash\"".into()),
-            );
-        }
-        Some(k) => Some(hash_key(check, k, &key("hash_key"))?),
+    // hash_key and load_factor depend on the strategy: when it was wrong, they are not judged
+    // by the default that stands in for it.
+    let (hash_key, load_factor) = if check.errors_so_far() == before {
+        (
+            check
+                .keep(hash_key_for(check, spanned, balance, &key("hash_key")))
+                .flatten(),
+            check
+                .keep(load_factor(check, raw, balance, &key("load_factor")))
+                .flatten(),
+        )
+    } else {
+        (None, None)
     };
-    let load_factor = match &raw.load_factor {
-        None => None,
-        Some(f) if balance != Balance::StickyHash => {
-            return check.error(
-                f.span(),
-                &key("load_factor"),
-                "load_factor only applies to balance = \"sticky-hash\"",
-                None,
-            );
-        }
-        Some(f) if !(1.0..=100.0).contains(f.get_ref()) => {
-            return check.error(
-                f.span(),
-                &key("load_factor"),
-                format!("{} is out of range", f.get_ref()),
-                Some("use a factor from 1.0 to 100.0, e.g. 1.25".into()),
-            );
-        }
-        Some(f) => Some(*f.get_ref()),
-    };
-
-    if raw.servers.get_ref().is_empty() {
-        return check.error(
-            raw.servers.span(),
-            &key("servers"),
-            "the server list is empty",
-            Some("list at least one backend, e.g. servers = [\"127.0.0.1:9001\"]".into()),
-        );
-    }
-    let mut servers: Vec<Server> = Vec::with_capacity(raw.servers.get_ref().len());
-    for server in raw.servers.get_ref() {
-        let RawServer { addr, weight } = server.get_ref();
-        let spanned_addr = Spanned::new(server.span(), addr.clone());
-        let socket = check.addr(&spanned_addr, &key("servers"))?;
-        let weight = weight.unwrap_or(1);
-        if !(1..=MAX_WEIGHT).contains(&weight) {
-            return check.error(
-                server.span(),
-                &key("servers"),
-                format!("weight {weight} is out of range; use 1 to {MAX_WEIGHT}"),
-                None,
-            );
-        }
-        if servers.iter().any(|s| s.name == *addr) {
-            return check.error(
-                server.span(),
-                &key("servers"),
-                format!("`{addr}` is listed twice"),
-                Some("give it a higher weight instead".into()),
-            );
-        }
-        if let Some(same) = servers.iter().find(|s| s.addr == socket) {
-            return check.error(
-                server.span(),
-                &key("servers"),
-                format!(
-                    "`{addr}` is the same backend as `{}` ({socket}): it would be balanced as two",
-                    same.name
-                ),
-                Some("list it once (with a higher weight if it should get more)".into()),
-            );
-        }
-        servers.push(Server {
-            addr: socket,
-            name: addr.clone(),
-            weight: weight as u32,
-        });
-    }
-    let tls = match &raw.tls {
-        Some(t) => Some(backend_tls(check, t, &key("tls"))?),
-        None => None,
-    };
+    let servers = servers(check, raw, &key("servers"));
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| check.keep(backend_tls(check, t, &key("tls"))));
     let slow_start = check.duration_or_zero(
         &raw.slow_start,
         &key("slow_start"),
         std::time::Duration::ZERO,
-    )?;
-    let upgrade_pacing = pacing::upgrade_pacing(check, name, raw)?;
-    let (rebalance_skew, rebalance_rate) = pacing::rebalance(check, name, raw, balance)?;
-    let health_check = match &raw.health_check {
-        Some(h) => Some(health_check::health_check(check, name, h)?),
-        None => None,
-    };
-    let sticky_cookie = match &raw.sticky_cookie {
-        Some(c) => Some(sticky_cookie::sticky_cookie(check, name, c)?),
-        None => None,
-    };
-    Ok(Upstream {
+    );
+    let upgrade_pacing = check.or(pacing::upgrade_pacing(check, name, raw), None);
+    let (rebalance_skew, rebalance_rate) = pacing::rebalance(check, name, raw, balance);
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|h| health_check::health_check(check, name, h));
+    let sticky_cookie = raw
+        .sticky_cookie
+        .as_ref()
+        .and_then(|c| check.keep(sticky_cookie::sticky_cookie(check, name, c)));
+    Upstream {
         name: name.to_owned(),
         balance,
         hash_key,
@@ -153,6 +63,146 @@ pub(super) fn upstream(
         rebalance_rate,
         health_check,
         sticky_cookie,
+    }
+}
+
+fn balance(check: &Checker, b: &Spanned<String>, key: &str) -> Result<Balance, ConfigError> {
+    match b.get_ref().as_str() {
+        "least-conn" => Ok(Balance::LeastConn),
+        "sticky-hash" => Ok(Balance::StickyHash),
+        "round-robin" => Ok(Balance::RoundRobin),
+        other => check.error(
+            b.span(),
+            key,
+            format!("unknown strategy `{other}`"),
+            Some("use \"least-conn\", \"sticky-hash\" or \"round-robin\"".into()),
+        ),
+    }
+}
+
+/// `hash_key`, which sticky-hash needs and the other strategies refuse.
+fn hash_key_for(
+    check: &Checker,
+    spanned: &Spanned<RawUpstream>,
+    balance: Balance,
+    key: &str,
+) -> Result<Option<HashKeySpec>, ConfigError> {
+    match &spanned.get_ref().hash_key {
+        None if balance == Balance::StickyHash => check.error(
+            spanned.span(),
+            key,
+            "sticky-hash needs a hash_key",
+            Some(
+                "add hash_key = \"ip\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"".into(),
+            ),
+        ),
+        None => Ok(None),
+        Some(k) if balance != Balance::StickyHash => check.error(
+            k.span(),
+            key,
+            format!(
+                "hash_key only applies to balance = \"{}\"",
+                Balance::StickyHash
+            ),
+            Some(format!(
+                "remove it, or set balance = \"{}\" (this upstream is \"{balance}\")",
+                Balance::StickyHash
+            )),
+        ),
+        Some(k) => hash_key(check, k, key).map(Some),
+    }
+}
+
+fn load_factor(
+    check: &Checker,
+    raw: &RawUpstream,
+    balance: Balance,
+    key: &str,
+) -> Result<Option<f64>, ConfigError> {
+    match &raw.load_factor {
+        None => Ok(None),
+        Some(f) if balance != Balance::StickyHash => check.error(
+            f.span(),
+            key,
+            format!(
+                "load_factor only applies to balance = \"{}\"",
+                Balance::StickyHash
+            ),
+            Some(format!(
+                "remove it, or set balance = \"{}\" (this upstream is \"{balance}\")",
+                Balance::StickyHash
+            )),
+        ),
+        Some(f) if !(1.0..=100.0).contains(f.get_ref()) => check.error(
+            f.span(),
+            key,
+            format!("{} is out of range", f.get_ref()),
+            Some("use a factor from 1.0 to 100.0, e.g. 1.25".into()),
+        ),
+        Some(f) => Ok(Some(*f.get_ref())),
+    }
+}
+
+/// The servers in file order; a wrong one is reported and left out.
+fn servers(check: &Checker, raw: &RawUpstream, key: &str) -> Vec<Server> {
+    if raw.servers.get_ref().is_empty() {
+        check.report(
+            raw.servers.span(),
+            key,
+            "the server list is empty",
+            Some("list at least one backend, e.g. servers = [\"127.0.0.1:9001\"]".into()),
+        );
+    }
+    let mut servers: Vec<Server> = Vec::with_capacity(raw.servers.get_ref().len());
+    for server in raw.servers.get_ref() {
+        if let Some(s) = check.keep(one_server(check, server, &servers, key)) {
+            servers.push(s);
+        }
+    }
+    servers
+}
+
+fn one_server(
+    check: &Checker,
+    server: &Spanned<RawServer>,
+    earlier: &[Server],
+    key: &str,
+) -> Result<Server, ConfigError> {
+    let RawServer { addr, weight } = server.get_ref();
+    let spanned_addr = Spanned::new(server.span(), addr.clone());
+    let socket = check.addr(&spanned_addr, key)?;
+    let weight = weight.unwrap_or(1);
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        return check.error(
+            server.span(),
+            key,
+            format!("weight {weight} is out of range; use 1 to {MAX_WEIGHT}"),
+            None,
+        );
+    }
+    if earlier.iter().any(|s| s.name == *addr) {
+        return check.error(
+            server.span(),
+            key,
+            format!("`{addr}` is listed twice"),
+            Some("give it a higher weight instead".into()),
+        );
+    }
+    if let Some(same) = earlier.iter().find(|s| s.addr == socket) {
+        return check.error(
+            server.span(),
+            key,
+            format!(
+                "`{addr}` is the same backend as `{}` ({socket}): it would be balanced as two",
+                same.name
+            ),
+            Some("list it once (with a higher weight if it should get more)".into()),
+        );
+    }
+    Ok(Server {
+        addr: socket,
+        name: addr.clone(),
+        weight: weight as u32,
     })
 }
 
@@ -190,7 +240,7 @@ fn backend_tls(
             t.server_name.span(),
             &format!("{key}.server_name"),
             format!("`{server_name}` is not a DNS name or IP address"),
-            None,
+            Some("write the name the backends' certificate carries, e.g. \"chat.internal\"".into()),
         );
     }
     let ca = t.ca.as_ref().map(|c| std::path::PathBuf::from(c.get_ref()));
