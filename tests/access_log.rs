@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -30,15 +30,7 @@ impl Running {
     async fn start(tag: &str, body: &str) -> Running {
         let dir = support::tls::TempDir::new(tag);
         let file = dir.path("switchboard.toml");
-        let reserved = [
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        ];
-        let (listen, admin) = (
-            reserved[0].local_addr().unwrap(),
-            reserved[1].local_addr().unwrap(),
-        );
-        drop(reserved);
+        let (listen, admin) = support::two_free_addrs();
         std::fs::write(
             &file,
             format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n{body}"),
@@ -171,12 +163,7 @@ async fn json_access_lines_for_requests_and_websockets_with_request_ids() {
     assert_eq!(upgraded["fields"]["status"], 101);
     assert_eq!(upgraded["fields"]["path"], "/ws/room");
     ws.send(Message::text("hi")).await.unwrap();
-    ws.close(None).await.unwrap();
-    let closing = async { while let Some(Ok(_)) = ws.next().await {} };
-    tokio::time::timeout(DEADLINE, closing)
-        .await
-        .expect("closing handshake");
-    drop(ws);
+    support::clients::close_and_drop(ws).await;
     let closed = sb.next_json("tunnel closed").await;
     assert_eq!(
         closed["fields"]["request_id"],

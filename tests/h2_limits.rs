@@ -106,25 +106,8 @@ async fn an_idle_h2_connection_is_closed_but_one_holding_a_tunnel_is_not() {
         .unwrap();
     assert!(!a_task.is_finished(), "the connection with a tunnel stays");
     echo_once(&mut ws, "after").await;
-    ws.close(None).await.unwrap();
-    let closing = async { while let Some(Ok(_)) = ws.next().await {} };
-    tokio::time::timeout(DEADLINE, closing)
-        .await
-        .expect("closing handshake");
-    drop(ws);
+    support::clients::close_and_drop(ws).await;
     sb.stop().await;
-}
-
-/// The most a stalled path can absorb before it pushes back: the proxy's send buffer toward the
-/// backend and the backend's receive buffer at their kernel maximums, plus slack.
-fn kernel_buffering_bound() -> usize {
-    let max = |file: &str| {
-        std::fs::read_to_string(file)
-            .ok()
-            .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
-            .unwrap_or(8 << 20)
-    };
-    max("/proc/sys/net/ipv4/tcp_wmem") + max("/proc/sys/net/ipv4/tcp_rmem") + (4 << 20)
 }
 
 /// Writes to `io` until a 16 KiB write makes no progress for a while (the stream's flow-control
@@ -160,17 +143,13 @@ async fn eight_tunnels_with_stalled_backends_leave_a_ninth_stream_working() {
     })
     .await;
     let echo = EchoBackend::start("echo").await;
-    let body = format!(
-        "[drain]\nspread = \"0s\"\nclose_linger = \"100ms\"\n\
-         [[route]]\npath_prefix = \"/stalled\"\nupstream = \"stalled\"\n\
-         [[route]]\npath_prefix = \"/\"\nupstream = \"echo\"\n\
-         [upstream.stalled]\nservers = [\"{stalled}\"]\n\
-         [upstream.echo]\nservers = [\"{}\"]\n",
-        echo.addr
-    );
+    let body = support::special_and_echo("/stalled", stalled, echo.addr);
     let sb = Switchboard::start(&body).await;
     let (mut sender, _task) = h2c(&sb).await;
-    let bound = kernel_buffering_bound();
+    // The proxy's send buffer toward the backend and the backend's receive buffer, at their
+    // kernel maximums, plus slack: past that, the tunnel did not push back.
+    let (wmem, rmem) = support::tcp_buffer_max();
+    let bound = wmem + rmem + (4 << 20);
     let mut writers = Vec::new();
     for _ in 0..8 {
         let io = tunnel(&mut sender, &sb, "/stalled").await;

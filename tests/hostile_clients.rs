@@ -78,23 +78,12 @@ async fn slowloris_connections_are_cut_at_the_header_deadline_and_others_are_ser
     sb.stop().await;
 }
 
-/// The most the path from a pushing backend to a client that never reads can hold before the
-/// backend's writes block: the backend's send buffer, switchboard's send buffer toward the
-/// client and the client's receive buffer at their kernel maximums, plus slack for switchboard's
-/// own fixed buffers.
-fn kernel_buffering_bound() -> usize {
-    let max = |file: &str| {
-        std::fs::read_to_string(file)
-            .ok()
-            .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
-            .unwrap_or(8 << 20)
-    };
-    2 * max("/proc/sys/net/ipv4/tcp_wmem") + max("/proc/sys/net/ipv4/tcp_rmem") + (4 << 20)
-}
-
 #[tokio::test]
 async fn tunnels_whose_clients_never_read_push_back_on_the_backend() {
-    let bound = kernel_buffering_bound();
+    // The backend's send buffer, switchboard's toward the client and the client's receive
+    // buffer at their kernel maximums, plus slack for switchboard's fixed buffers.
+    let (wmem, rmem) = support::tcp_buffer_max();
+    let bound = 2 * wmem + rmem + (4 << 20);
     let (pushed_tx, mut pushed_rx) = tokio::sync::mpsc::channel::<usize>(16);
     let (pusher, _live) = raw_backend(move |mut stream, head| {
         let pushed_tx = pushed_tx.clone();
@@ -126,14 +115,7 @@ async fn tunnels_whose_clients_never_read_push_back_on_the_backend() {
     })
     .await;
     let echo = EchoBackend::start("echo").await;
-    let body = format!(
-        "[drain]\nspread = \"0s\"\nclose_linger = \"100ms\"\n\
-         [[route]]\npath_prefix = \"/push\"\nupstream = \"push\"\n\
-         [[route]]\npath_prefix = \"/\"\nupstream = \"echo\"\n\
-         [upstream.push]\nservers = [\"{pusher}\"]\n\
-         [upstream.echo]\nservers = [\"{}\"]\n",
-        echo.addr
-    );
+    let body = support::special_and_echo("/push", pusher, echo.addr);
     let sb = Switchboard::start(&body).await;
     let mut readers = Vec::new();
     for _ in 0..10 {

@@ -419,16 +419,7 @@ async fn sighup_reloads_the_binary() {
     let b = EchoBackend::start_greeting("b").await;
     let dir = support::tls::TempDir::new("sighup");
     let file = dir.path("switchboard.toml");
-    // Two distinct free ports: both reserved at once, released just before the binary binds.
-    let reserved = [
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-    ];
-    let (listen, admin) = (
-        reserved[0].local_addr().unwrap(),
-        reserved[1].local_addr().unwrap(),
-    );
-    drop(reserved);
+    let (listen, admin) = support::two_free_addrs();
     let write = |backend: &EchoBackend| {
         std::fs::write(
             &file,

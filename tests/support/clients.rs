@@ -272,3 +272,17 @@ pub fn frame_bytes(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>)
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     frame
 }
+
+/// Sends Close on `ws`, waits (within [`DEADLINE`]) for the closing handshake and drops the
+/// stream, so the tunnel ends now instead of at a half-close timeout.
+pub async fn close_and_drop<S>(mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    ws.close(None).await.unwrap();
+    let closing = async { while let Some(Ok(_)) = ws.next().await {} };
+    tokio::time::timeout(DEADLINE, closing)
+        .await
+        .expect("closing handshake");
+}

@@ -209,3 +209,44 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// The largest TCP send and receive buffers the kernel lets a socket grow to (the third value
+/// of `tcp_wmem` and `tcp_rmem`; 8 MiB each where they cannot be read): what a stalled path
+/// can absorb before it pushes back.
+pub fn tcp_buffer_max() -> (usize, usize) {
+    let max = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .unwrap_or(8 << 20)
+    };
+    (
+        max("/proc/sys/net/ipv4/tcp_wmem"),
+        max("/proc/sys/net/ipv4/tcp_rmem"),
+    )
+}
+
+/// A config with two upstreams over one echo backend and one `special` backend: requests under
+/// `prefix` go to `special`, the rest to the echo backend; polite closes are immediate.
+pub fn special_and_echo(prefix: &str, special: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        "[drain]\nspread = \"0s\"\nclose_linger = \"100ms\"\n\
+         [[route]]\npath_prefix = \"{prefix}\"\nupstream = \"special\"\n\
+         [[route]]\npath_prefix = \"/\"\nupstream = \"echo\"\n\
+         [upstream.special]\nservers = [\"{special}\"]\n\
+         [upstream.echo]\nservers = [\"{echo}\"]\n"
+    )
+}
+
+/// Two distinct loopback addresses that were free a moment ago (both reserved at once, then
+/// released), for a test that starts the binary, which binds them itself.
+pub fn two_free_addrs() -> (SocketAddr, SocketAddr) {
+    let reserved = [
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    ];
+    (
+        reserved[0].local_addr().unwrap(),
+        reserved[1].local_addr().unwrap(),
+    )
+}
