@@ -497,8 +497,15 @@ impl Metrics {
             self.backend_state
                 .with_label_values(&[upstream, backend, s.as_str()])
         });
+        let upgrades = UPGRADE_OUTCOMES.map(|outcome| {
+            ["http1", "h2"].map(|protocol| {
+                self.upgrades_total
+                    .with_label_values(&[upstream, backend, outcome, protocol])
+            })
+        });
         BackendMetrics {
             state,
+            upgrades,
             tunnels_active: [
                 self.tunnels_active
                     .with_label_values(&[upstream, backend, "http1"]),
@@ -521,13 +528,7 @@ impl Metrics {
             let _ = self
                 .tunnels_active
                 .remove_label_values(&[upstream, backend, protocol]);
-            for outcome in [
-                "upgraded",
-                "rejected",
-                "connect_error",
-                "timeout",
-                "bad_response",
-            ] {
+            for outcome in UPGRADE_OUTCOMES {
                 let _ = self
                     .upgrades_total
                     .remove_label_values(&[upstream, backend, outcome, protocol]);
@@ -631,4 +632,16 @@ pub struct BackendMetrics {
     pub up: IntGauge,
     /// `switchboard_backend_state`, one gauge per state in [`crate::balancer::BackendState::ALL`] order.
     pub state: [IntGauge; 4],
+    /// `switchboard_upgrades_total` by [`UPGRADE_OUTCOMES`] and `[http1, h2]`: resolved when
+    /// the backend joins, so an upgrade hashes no labels.
+    pub upgrades: [[IntCounter; 2]; 5],
 }
+
+/// The `outcome` label values of `switchboard_upgrades_total`.
+pub const UPGRADE_OUTCOMES: [&str; 5] = [
+    "upgraded",
+    "rejected",
+    "connect_error",
+    "timeout",
+    "bad_response",
+];

@@ -19,6 +19,13 @@ use crate::balancer::Backend;
 /// them off apart from the rest.
 pub const TARGET: &str = "access";
 
+/// Whether access lines would be written at all: `[log] access` on is not enough when the
+/// subscriber filters the target out (`RUST_LOG=warn`), and then the request path skips the
+/// work (one cached callsite check).
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
 /// The header a request id travels in, both ways of the backend hop.
 pub const REQUEST_ID: &str = "x-request-id";
 

@@ -122,7 +122,7 @@ pub async fn connect(
         trace.failed(words);
         if !retry {
             // The handshake's outcome, counted once (each attempt is counted above).
-            snap.count_upgrade(upstream, &backend, "connect_error", protocol);
+            snap.count_upgrade(&backend, "connect_error", protocol);
             return Err(ProxyError::Connect {
                 backend: backend.name.clone(),
                 source: error,

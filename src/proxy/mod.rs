@@ -216,11 +216,13 @@ pub async fn handle(
         ClientProtocol::Http1 => headers::is_websocket_upgrade(&parts),
         ClientProtocol::H2 => websocket::is_extended_connect(&parts),
     };
-    let request_id = access::request_id(&mut parts.headers);
     let access_log = snap.config.access_log;
-    let facts = access_log.enabled.then(|| {
-        access::RequestFacts::new(&parts, conn.peer, access_log.query, request_id.clone())
-    });
+    // With the access log off (or filtered out), a request costs no id and no facts.
+    let logging = access_log.enabled && access::enabled();
+    let request_id = logging.then(|| access::request_id(&mut parts.headers));
+    let facts = request_id
+        .as_ref()
+        .map(|id| access::RequestFacts::new(&parts, conn.peer, access_log.query, id.clone()));
     let mut trace = access::Trace::default();
     let refuse =
         |error: ProxyError, facts: Option<access::RequestFacts>, trace: &mut access::Trace| {
@@ -276,7 +278,7 @@ pub async fn handle(
     let req = Request::from_parts(parts, body);
     let started = std::time::Instant::now();
     let result = if upgrade {
-        trace.request_id = access_log.enabled.then(|| request_id.clone());
+        trace.request_id = request_id.clone();
         websocket::upgrade(&proxy, &snap, upstream, req, &conn, stream, &mut trace).await
     } else {
         http::forward(&snap, upstream, req, &conn, &mut trace).await
@@ -305,7 +307,7 @@ pub async fn handle(
         let tried = trace.tried();
         match error.blame() {
             Blame::Backend => tracing::warn!(upstream = %upstream_name, client = %conn.peer,
-                status, error = %error, tried = %tried, request_id = request_id.to_str().unwrap_or("-"),
+                status, error = %error, tried = %tried, request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
                 "request failed"),
             Blame::Client => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
                 status, error = %http::error_chain(&error), "request refused"),

@@ -178,22 +178,13 @@ impl Snapshot {
             .inc();
     }
 
-    /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total`.
-    pub fn count_upgrade(
-        &self,
-        upstream: usize,
-        backend: &Backend,
-        outcome: &str,
-        protocol: ClientProtocol,
-    ) {
-        self.metrics
-            .upgrades_total
-            .with_label_values(&[
-                self.balancers[upstream].name.as_str(),
-                backend.name.as_str(),
-                outcome,
-                protocol.as_str(),
-            ])
-            .inc();
+    /// Counts one WebSocket handshake outcome in `switchboard_upgrades_total` (handles resolved
+    /// when the backend joined).
+    pub fn count_upgrade(&self, backend: &Backend, outcome: &str, protocol: ClientProtocol) {
+        let index = crate::metrics::UPGRADE_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("a known upgrade outcome");
+        backend.metrics.upgrades[index][protocol.index()].inc();
     }
 }

@@ -116,7 +116,7 @@ pub async fn upgrade(
         connect::connect(snap, upstream, key, sticky.pin(), protocol, trace).await?;
     let backend = pick.lease.backend().clone();
     let index = pick.index;
-    let record = |outcome: &str| snap.count_upgrade(upstream, &backend, outcome, protocol);
+    let record = |outcome: &str| snap.count_upgrade(&backend, outcome, protocol);
 
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let timeout = snap.timeouts.handshake;
