@@ -55,8 +55,8 @@ use tokio_util::sync::CancellationToken;
 #[path = "support/mod.rs"]
 mod support;
 use support::{
-    KEY, Upgrades, echo_backend, echo_backend_counted, env_or, frame, free_port, median,
-    percentile, proc_stat, read_head, wait_listening,
+    KEY, NginxShape, Upgrades, echo_backend, echo_backend_counted, env_or, find, frame, free_port,
+    median, nginx_argv, percentile, proc_stat, read_head, wait_listening,
 };
 
 /// How clients reach a target: plain TCP (ws://) or TLS (wss://).
@@ -215,15 +215,6 @@ fn switchboard_toml(
     )
 }
 
-/// Finds an executable on PATH or in /usr/sbin.
-fn find(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin"])
-        .map(|dir| std::path::Path::new(dir).join(program))
-        .find(|p| p.is_file())
-}
-
 impl Proxy {
     /// Starts `name` in front of `backend`; with `tls`, its listener terminates TLS.
     async fn start(
@@ -281,28 +272,15 @@ impl Proxy {
                 c
             }
             "nginx" => {
-                let config = dir.join("nginx.conf");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "daemon off;\nworker_processes 2;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
-                         events {{ worker_connections 19000; }}\n\
-                         http {{\n  access_log off;\n  upstream echo {{ server {backend}; keepalive 64; }}\n\
-                           map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-                           server {{\n    listen {addr} reuseport{ssl};\n{certs}    location / {{\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n\
-                                  proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
-                        dir = dir.display(),
-                        ssl = if tls.is_some() { " ssl" } else { "" },
-                        certs = tls.map_or(String::new(), |t| format!(
-                            "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n",
-                            t.cert.display(),
-                            t.key.display()
-                        )),
-                    ),
-                )
-                .ok()?;
-                let mut c = Command::new(find("nginx")?);
-                c.arg("-p").arg(&dir).arg("-c").arg(&config);
+                let argv = nginx_argv(
+                    &dir,
+                    addr,
+                    backend,
+                    NginxShape::Workers(2),
+                    tls.map(|t| (t.cert.as_path(), t.key.as_path())),
+                )?;
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
                 c
             }
             "haproxy" => {

@@ -43,25 +43,13 @@ pub async fn serve_connection(
     tls: Option<Arc<TlsTerminator>>,
 ) {
     let span = tracing::debug_span!("conn", %peer);
+    // Only the common case, plain HTTP/1.1, lives in the connection task's own state: the TLS,
+    // replayed-bytes and HTTP/2 states are boxed. The task future is moved several times on its
+    // way into the runtime, and each move copies all of it (kilobytes when every kind of
+    // connection state shares one future).
     async move {
         match tls {
-            Some(tls) => {
-                let Some(accepted) = tls.accept(stream).await else {
-                    return;
-                };
-                let protocol = if accepted.h2 {
-                    ClientProtocol::H2
-                } else {
-                    ClientProtocol::Http1
-                };
-                let conn = ConnInfo {
-                    peer,
-                    proto: "https",
-                    protocol,
-                    guard,
-                };
-                serve_http(proxy, limits, accepted.stream, conn).await;
-            }
+            Some(tls) => Box::pin(serve_tls(proxy, limits, stream, peer, guard, tls)).await,
             None => {
                 let mut stream = stream;
                 let Some((protocol, taken)) =
@@ -79,13 +67,39 @@ pub async fn serve_connection(
                     serve_http(proxy, limits, stream, conn).await;
                 } else {
                     let replay = Prefixed::new(taken.into(), stream);
-                    serve_http(proxy, limits, replay, conn).await;
+                    Box::pin(serve_http(proxy, limits, replay, conn)).await;
                 }
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake, then HTTP/1.1 or HTTP/2 as ALPN chose.
+async fn serve_tls(
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+    tls: Arc<TlsTerminator>,
+) {
+    let Some(accepted) = tls.accept(stream).await else {
+        return;
+    };
+    let protocol = if accepted.h2 {
+        ClientProtocol::H2
+    } else {
+        ClientProtocol::Http1
+    };
+    let conn = ConnInfo {
+        peer,
+        proto: "https",
+        protocol,
+        guard,
+    };
+    serve_http(proxy, limits, accepted.stream, conn).await;
 }
 
 /// HTTP/2 if the client starts with the h2 preface, else HTTP/1.1, and the bytes that had to be
@@ -235,41 +249,47 @@ where
                 .with_upgrades();
             drive!(proxy, connection);
         }
-        ClientProtocol::H2 => {
-            let streams = Arc::new(OpenStreams::default());
-            let service = {
-                let proxy = proxy.clone();
-                let streams = streams.clone();
-                service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let conn = conn.clone();
-                    let stream = StreamGuard::new(&streams);
-                    async move {
-                        let response = proxy::handle(proxy, req, conn, Some(stream.clone())).await;
-                        Ok::<_, Infallible>(response.map(|body| CountedBody::new(body, stream)))
-                    }
-                })
-            };
-            let connection = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .enable_connect_protocol()
-                // Flow control bounds what one stream (one tunnel) can buffer here; a stream
-                // window well under the connection's means a few stalled tunnels cannot use up
-                // the connection window and freeze the others.
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                .max_concurrent_streams(limits.h2_max_streams)
-                .keep_alive_interval(Some(limits.h2_keepalive))
-                .keep_alive_timeout(limits.h2_keepalive)
-                .max_header_list_size(limits.max_header_bytes as u32)
-                .serve_connection(io, service);
-            drive_h2!(
-                proxy,
-                connection,
-                &streams,
-                limits.header_read_timeout,
-                limits.h2_idle_timeout
-            );
-        }
+        ClientProtocol::H2 => Box::pin(serve_h2(proxy, limits, io, conn)).await,
     }
+}
+
+/// An HTTP/2 connection: extended CONNECT on, bounded windows and streams, closed when idle.
+async fn serve_h2<I>(proxy: Arc<Proxy>, limits: Limits, io: TokioIo<I>, conn: Arc<ConnInfo>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let streams = Arc::new(OpenStreams::default());
+    let service = {
+        let proxy = proxy.clone();
+        let streams = streams.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let conn = conn.clone();
+            let stream = StreamGuard::new(&streams);
+            async move {
+                let response = proxy::handle(proxy, req, conn, Some(stream.clone())).await;
+                Ok::<_, Infallible>(response.map(|body| CountedBody::new(body, stream)))
+            }
+        })
+    };
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        // Flow control bounds what one stream (one tunnel) can buffer here; a stream
+        // window well under the connection's means a few stalled tunnels cannot use up
+        // the connection window and freeze the others.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(limits.h2_max_streams)
+        .keep_alive_interval(Some(limits.h2_keepalive))
+        .keep_alive_timeout(limits.h2_keepalive)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .serve_connection(io, service);
+    drive_h2!(
+        proxy,
+        connection,
+        &streams,
+        limits.header_read_timeout,
+        limits.h2_idle_timeout
+    );
 }

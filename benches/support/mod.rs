@@ -1,12 +1,15 @@
-//! Helpers shared by the end-to-end benches (`e2e_load`, `edge_memory`), included by each with
-//! `#[path = "support/mod.rs"] mod support;`: WebSocket framing as a client and as an echo
-//! server (RFC 6455 §5), reading a message head, loopback ports, and a process's CPU time and
-//! RSS from /proc.
+//! Helpers shared by the end-to-end benches (`e2e_load`, `edge_memory`, `upgrade_cost`,
+//! `handshake`), included by each with `#[path = "support/mod.rs"] mod support;`: WebSocket
+//! framing as a client and as an echo server (RFC 6455 §5), one whole upgrade cycle as a client,
+//! reading a message head, loopback ports, nginx as a WebSocket proxy, and a process's CPU time
+//! and RSS from /proc.
 
 // Each bench uses part of these.
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +74,61 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> 
 
 /// The `Sec-WebSocket-Accept` for [`KEY`] (RFC 6455 §1.3).
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// The upgrade request every plain-ws client of the benches sends (RFC 6455 §4.1), byte for byte.
+pub const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// A masked Close frame with status 1000 (RFC 6455 §5.5.1). The mask key is zero, so the
+/// echo backend, which sends payloads back as they came, answers with a valid Close 1000.
+pub const CLOSE_1000: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+
+/// One whole plain-ws upgrade cycle through `addr`, as a reconnecting client does it: connect,
+/// the upgrade handshake ([`UPGRADE_REQUEST`], a `101` back), one 64 B message and its echo, a
+/// Close frame and the Close back, then a half-close and the peer's EOF, so that the proxy has
+/// torn the tunnel down (both sockets) before this returns.
+pub async fn upgrade_cycle(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(UPGRADE_REQUEST).await?;
+    // Nothing follows the 101 until this client sends a frame, so a plain read of the head
+    // cannot take more than the head.
+    let mut head = [0u8; 1024];
+    let mut have = 0;
+    while !head[..have].ends_with(b"\r\n\r\n") {
+        match stream.read(&mut head[have..]).await? {
+            0 => return Err(Error::new(ErrorKind::UnexpectedEof, "EOF before the 101")),
+            n => have += n,
+        }
+        if have == head.len() {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "response head over 1 KiB",
+            ));
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "no 101 Switching Protocols",
+        ));
+    }
+    let message = frame(64);
+    stream.write_all(&message).await?;
+    // The echo is the server frame: the same bytes without the 4-byte mask.
+    let mut back = [0u8; 66];
+    stream.read_exact(&mut back).await?;
+    stream.write_all(&CLOSE_1000).await?;
+    let mut close = [0u8; 4];
+    stream.read_exact(&mut close).await?;
+    if close != [0x88, 0x02, 0x03, 0xe8] {
+        return Err(Error::new(ErrorKind::InvalidData, "no Close 1000 back"));
+    }
+    stream.shutdown().await?;
+    let mut rest = [0u8; 64];
+    while stream.read(&mut rest).await? != 0 {}
+    Ok(())
+}
 
 /// Echo backend: answers the upgrade, then echoes bytes.
 pub async fn echo_backend() -> SocketAddr {
@@ -182,6 +240,70 @@ fn client_frame_at(data: &[u8]) -> Option<(usize, usize)> {
         short => (short as usize, 6),
     };
     (data.len() >= header + len).then_some((header, len))
+}
+
+/// Finds an executable on PATH or in /usr/sbin.
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// How nginx runs: a master with worker processes (how it is deployed), or one process alone
+/// (`master_process off`), whose instructions and syscalls a tool wrapping it sees whole.
+#[derive(Clone, Copy)]
+pub enum NginxShape {
+    /// `worker_processes N` under a master.
+    Workers(usize),
+    /// One process, no master.
+    Single,
+}
+
+/// Writes `dir/nginx.conf` (nginx as a WebSocket proxy on `addr` in front of `backend`: the
+/// `Upgrade`/`Connection` headers forwarded, access log off; with `tls`, `(cert, key)`, the
+/// listener terminates TLS) and returns nginx's command line, program first. `None` when nginx
+/// is not installed or the file cannot be written. `dir/logs` must exist.
+pub fn nginx_argv(
+    dir: &Path,
+    addr: SocketAddr,
+    backend: SocketAddr,
+    shape: NginxShape,
+    tls: Option<(&Path, &Path)>,
+) -> Option<Vec<OsString>> {
+    let program = find("nginx")?;
+    let processes = match shape {
+        NginxShape::Workers(n) => format!("worker_processes {n};"),
+        NginxShape::Single => "master_process off;\nworker_processes 1;".to_owned(),
+    };
+    let config = dir.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon off;\n{processes}\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
+             events {{ worker_connections 19000; }}\n\
+             http {{\n  access_log off;\n  upstream echo {{ server {backend}; keepalive 64; }}\n\
+               map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+               server {{\n    listen {addr} reuseport{ssl};\n{certs}    location / {{\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n\
+                      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
+            dir = dir.display(),
+            ssl = if tls.is_some() { " ssl" } else { "" },
+            certs = tls.map_or(String::new(), |(cert, key)| format!(
+                "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n",
+                cert.display(),
+                key.display()
+            )),
+        ),
+    )
+    .ok()?;
+    Some(vec![
+        program.into(),
+        "-p".into(),
+        dir.into(),
+        "-c".into(),
+        config.into(),
+    ])
 }
 
 /// The value at share `p` of sorted `values` (0 when empty).

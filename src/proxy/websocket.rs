@@ -13,13 +13,16 @@
 //! handshake (a pipelined first frame, a server that speaks first) are kept, by hyper on the
 //! client side and by [`handshake::Prefixed`] on the backend side, and reach the tunnel first.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -212,14 +215,24 @@ pub async fn upgrade(
         access_id,
         extensions,
     };
-    proxy.tunnels.spawn(async move {
-        match client_upgrade.await {
-            Ok(client_io) => tunnel.run(TokioIo::new(client_io), backend_io).await,
-            Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "client went away before the upgrade")
+    // Two kinds of task, each sized for its own tunnel: a plain HTTP/1.1 connection's socket
+    // is unwrapped, anything else (TLS, HTTP/2 streams) runs on hyper's `Upgraded`.
+    let went_away = |e: hyper::Error| tracing::debug!(error = %error_chain(&e), "client went away before the upgrade");
+    if protocol == ClientProtocol::Http1 && conn.proto == "http" {
+        proxy.tunnels.spawn(async move {
+            match client_upgrade.await {
+                Ok(client_io) => run_unwrapped(tunnel, client_io, backend_io).await,
+                Err(e) => went_away(e),
             }
-        }
-    });
+        });
+    } else {
+        proxy.tunnels.spawn(async move {
+            match client_upgrade.await {
+                Ok(client_io) => tunnel.run(TokioIo::new(client_io), backend_io).await,
+                Err(e) => went_away(e),
+            }
+        });
+    }
 
     let mut reply = Response::new(ResponseBody::empty());
     *reply.status_mut() = match protocol {
@@ -229,6 +242,37 @@ pub async fn upgrade(
     *reply.headers_mut() = client_headers;
     sticky.answer(&mut reply, index, conn);
     Ok(reply)
+}
+
+/// Runs `tunnel` on the client's own socket when hyper's upgrade wraps a plain TCP connection:
+/// the tunnel then holds the socket itself, not a boxed trait object behind a replay buffer,
+/// and each read and write is a direct call (bytes hyper read ahead are replayed first). (TLS
+/// connections run on `Upgraded`: unwrapping them measured no better, their state is on the
+/// heap either way.)
+///
+/// Not an `async fn`, whose state would keep a dead copy of its arguments next to the running
+/// tunnel: only the bare TCP tunnel lives in the task itself; the rare other kinds (bytes read
+/// ahead, a socket of another type) are boxed, so the task is not sized for them.
+fn run_unwrapped(
+    tunnel: tunnel::Tunnel,
+    client: hyper::upgrade::Upgraded,
+    backend: handshake::Prefixed<connect::BackendStream>,
+) -> Either<impl Future<Output = ()>, Pin<Box<dyn Future<Output = ()> + Send>>> {
+    let client = match client.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) if parts.read_buf.is_empty() => {
+            // The empty read-ahead still holds hyper's whole read buffer (8 KiB): drop it now,
+            // not at the end of the tunnel's life.
+            let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+            drop(read_buf);
+            return Either::Left(tunnel.run(io.into_inner(), backend));
+        }
+        Ok(parts) => {
+            let io = handshake::Prefixed::new(parts.read_buf, parts.io.into_inner());
+            return Either::Right(Box::pin(tunnel.run(io, backend)));
+        }
+        Err(client) => client,
+    };
+    Either::Right(Box::pin(tunnel.run(TokioIo::new(client), backend)))
 }
 
 /// Whether the backend's 101 completes a WebSocket handshake: `Upgrade: websocket`, and when
