@@ -340,22 +340,7 @@ impl Proxy {
     /// (nanoseconds on a CPU: finer than the 10 ms ticks of [`Proxy::stat`], but the time of a
     /// thread that has exited is not counted).
     fn cpu_fine(&self) -> f64 {
-        let ns: u64 = std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|task| {
-                        std::fs::read_to_string(task.path().join("schedstat"))
-                            .ok()?
-                            .split_whitespace()
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .sum()
-            })
-            .unwrap_or(0);
-        ns as f64 / 1e9
+        support::schedstat_seconds(self.child.id())
     }
 
     /// The process and its direct children (nginx's workers), by PID.

@@ -40,7 +40,8 @@ use tokio::net::TcpStream;
 #[path = "support/mod.rs"]
 mod support;
 use support::{
-    NginxShape, echo_backend, env_or, find, free_port, median, nginx_argv, proc_stat, upgrade_cycle,
+    NginxShape, echo_backend, env_or, find, free_port, median, nginx_argv, proc_stat,
+    schedstat_seconds, upgrade_cycle,
 };
 
 /// A proxy under test.
@@ -247,26 +248,6 @@ fn child_of(parent: u32) -> Option<u32> {
             let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
             (ppid.parse::<u32>().ok()? == parent).then_some(pid)
         })
-}
-
-/// CPU seconds of `pid`'s live threads, from `/proc/PID/task/*/schedstat` (nanoseconds).
-fn schedstat_seconds(pid: u32) -> f64 {
-    let ns: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|task| {
-                    std::fs::read_to_string(task.path().join("schedstat"))
-                        .ok()?
-                        .split_whitespace()
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    ns as f64 / 1e9
 }
 
 /// The run sizes and where the tools' files go.

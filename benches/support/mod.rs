@@ -340,3 +340,23 @@ pub fn proc_stat(pid: u32) -> (f64, u64) {
         .unwrap_or(0);
     (ticks as f64 / 100.0, rss) // USER_HZ is 100 on Linux
 }
+
+/// CPU seconds of `pid`'s live threads, from `/proc/PID/task/*/schedstat` (nanoseconds).
+pub fn schedstat_seconds(pid: u32) -> f64 {
+    let ns: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|task| {
+                    std::fs::read_to_string(task.path().join("schedstat"))
+                        .ok()?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    ns as f64 / 1e9
+}
