@@ -23,6 +23,7 @@ pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod workers;
 
 use std::io;
 use std::sync::Arc;
@@ -83,12 +84,26 @@ pub enum RunError {
 }
 
 /// Runs switchboard until `shutdown` is triggered and the drain is over. Metrics are registered
-/// in `metrics`, which the caller may keep to read them.
+/// in `metrics`, which the caller may keep to read them. Connections are accepted and served on
+/// the calling runtime.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: Shutdown,
     metrics: Metrics,
+) -> Result<(), RunError> {
+    let here = vec![tokio::runtime::Handle::current()];
+    run_on_loops(config, listeners, shutdown, metrics, here).await
+}
+
+/// [`run`], with client connections accepted and served on each of `event_loops` (see
+/// [`workers`]); everything else runs on the calling runtime.
+pub async fn run_on_loops(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    metrics: Metrics,
+    event_loops: Vec<tokio::runtime::Handle>,
 ) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::new(
         config.clone(),
@@ -111,6 +126,7 @@ pub async fn run(
             (frontend::Kind::Plain, listeners.plain),
             (frontend::Kind::Tls, listeners.tls),
         ],
+        event_loops,
     );
     let reloader = Reloader::start(proxy.clone(), terminator, frontend.clone());
     if config.path.is_some() {

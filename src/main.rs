@@ -16,6 +16,7 @@ use switchboard::cli::{self, PrintError, Report, descriptors::Budget};
 use switchboard::config::{self, Config, LogFormat};
 use switchboard::logging::{self, Color};
 use switchboard::metrics::Metrics;
+use switchboard::workers::{self, RuntimeMode, Workers};
 use switchboard::{Listeners, Shutdown};
 
 const EXAMPLES: &str = "\
@@ -183,7 +184,23 @@ fn serve(config: Config, logs: logging::Logging) -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
     }
-    runtime().block_on(async {
+    let threads = config.runtime.threads();
+    let per_core = config.runtime.mode == RuntimeMode::PerCore;
+    let runtime = if per_core {
+        workers::event_loop().expect("the tokio runtime starts")
+    } else {
+        shared_runtime(threads)
+    };
+    runtime.block_on(async {
+        // The loop `run` is called on is the first; the others get threads of their own.
+        let workers = if per_core {
+            match Workers::with_extra_loops(threads - 1) {
+                Ok(workers) => workers,
+                Err(e) => return fail(format_args!("cannot start the event loops: {e}")),
+            }
+        } else {
+            Workers::current()
+        };
         let listeners = match Listeners::bind(&config) {
             Ok(listeners) => listeners,
             Err(e) => return fail(e),
@@ -207,11 +224,15 @@ fn serve(config: Config, logs: logging::Logging) -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             config = %file,
             listeners = %listening,
+            runtime = config.runtime.mode.as_str(),
+            threads,
             "switchboard started"
         );
         let metrics = Metrics::new();
         metrics.watch_log_writer(logs.dropped.clone());
-        match switchboard::run(config, listeners, shutdown, metrics).await {
+        match switchboard::run_on_loops(config, listeners, shutdown, metrics, workers.handles())
+            .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
@@ -246,7 +267,13 @@ fn check(path: &Path, json: bool) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
+    shared_runtime(workers::default_threads())
+}
+
+/// A work-stealing runtime with `threads` workers.
+fn shared_runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
