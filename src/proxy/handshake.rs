@@ -177,6 +177,22 @@ impl<S> Prefixed<S> {
     }
 }
 
+impl Prefixed<BackendStream> {
+    /// The bare TCP socket, when nothing is left to replay and the backend is not TLS: what a
+    /// tunnel holds best (no wrapper per idle tunnel).
+    pub fn into_tcp(self) -> Result<tokio::net::TcpStream, Self> {
+        match self {
+            Prefixed {
+                prefix: None,
+                inner: BackendStream::Plain(tcp),
+                swallow_writes: false,
+                ..
+            } => Ok(tcp),
+            other => Err(other),
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,

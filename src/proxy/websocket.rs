@@ -251,8 +251,9 @@ pub async fn upgrade(
 /// heap either way.)
 ///
 /// Not an `async fn`, whose state would keep a dead copy of its arguments next to the running
-/// tunnel: only the bare TCP tunnel lives in the task itself; the rare other kinds (bytes read
-/// ahead, a socket of another type) are boxed, so the task is not sized for them.
+/// tunnel: only the bare TCP tunnel (both sides plain sockets) lives in the task itself; the
+/// rarer kinds (bytes read ahead, a TLS backend, a socket of another type) are boxed, so the
+/// task is not sized for them.
 fn run_unwrapped(
     tunnel: tunnel::Tunnel,
     client: hyper::upgrade::Upgraded,
@@ -264,7 +265,10 @@ fn run_unwrapped(
             // not at the end of the tunnel's life.
             let hyper::upgrade::Parts { io, read_buf, .. } = parts;
             drop(read_buf);
-            return Either::Left(tunnel.run(io.into_inner(), backend));
+            return match backend.into_tcp() {
+                Ok(backend) => Either::Left(tunnel.run(io.into_inner(), backend)),
+                Err(backend) => Either::Right(Box::pin(tunnel.run(io.into_inner(), backend))),
+            };
         }
         Ok(parts) => {
             let io = handshake::Prefixed::new(parts.read_buf, parts.io.into_inner());

@@ -241,8 +241,8 @@ impl Tunnel {
     /// idle tunnel does not also keep a second, dead copy of them (memory per idle tunnel).
     pub fn run<C, B>(self, client: C, backend: B) -> impl Future<Output = ()>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + Unpin + 'static,
+        B: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let mut splice = Splice::new(client, backend, self.extensions, &self.shared);
         async move { self.relay(&mut splice).await }
@@ -250,8 +250,8 @@ impl Tunnel {
 
     async fn relay<C, B>(&self, splice: &mut Splice<C, B>)
     where
-        C: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + Unpin + 'static,
+        B: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let started = Instant::now();
         let shared = &*self.shared;

@@ -57,6 +57,9 @@ pub struct Direction {
     pub settle: bool,
     /// The writer was shut down (FIN sent).
     writer_shut: bool,
+    /// EOF from the reader ends this direction without a FIN to the writer: the closing
+    /// handshake is over both ways and the tunnel is about to close both sockets anyway.
+    pub skip_fin: bool,
 }
 
 impl Direction {
@@ -71,6 +74,7 @@ impl Direction {
             published: 0,
             settle: false,
             writer_shut: false,
+            skip_fin: false,
         }
     }
 
@@ -82,6 +86,11 @@ impl Direction {
     /// Whether the reader can still send anything.
     pub fn reader_open(&self) -> bool {
         self.flow == Flow::Open
+    }
+
+    /// Everything read has been written and flushed.
+    pub fn is_flushed(&self) -> bool {
+        self.pending.is_none() && !self.needs_flush
     }
 
     fn push_pending(&mut self, data: &[u8]) {
@@ -139,7 +148,7 @@ impl Direction {
                 Flow::Open => {}
                 Flow::ShuttingDown => {
                     // The peer may already be gone; a failed FIN changes nothing for us.
-                    if !self.writer_shut {
+                    if !self.writer_shut && !self.skip_fin {
                         let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
                         self.writer_shut = true;
                     }

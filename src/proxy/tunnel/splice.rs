@@ -48,12 +48,16 @@ pub(super) struct Splice<C, B> {
     pub(super) first_close: Option<Side>,
     /// The first close code a peer sent.
     pub(super) first_code: Option<u16>,
+    /// Both streams are plain TCP: once the closing handshake is over both ways, the first EOF
+    /// ends the tunnel and closing the sockets sends both FINs (two `shutdown` calls and a
+    /// wait for the second EOF saved). Not over TLS, whose streams end with close_notify.
+    fast_close: bool,
 }
 
 impl<C, B> Splice<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     pub(super) fn new(
         client: C,
@@ -70,7 +74,18 @@ where
             first_closed: None,
             first_close: None,
             first_code: None,
+            fast_close: is_tcp::<C>() && is_tcp::<B>(),
         }
+    }
+
+    /// The closing handshake is over both ways and nothing is left to write: the tunnel may
+    /// end at the first EOF. Only for plain TCP (see `fast_close`).
+    fn handshake_over(&self) -> bool {
+        self.fast_close
+            && self.to_backend.gate.close_seen.is_some()
+            && self.to_client.gate.close_seen.is_some()
+            && self.to_backend.is_flushed()
+            && self.to_client.is_flushed()
     }
 
     /// Adds what was relayed since the last call to the upstream's counters.
@@ -117,6 +132,9 @@ where
                 changed = true;
             }
 
+            let over = self.handshake_over();
+            self.to_backend.skip_fin = over;
+            self.to_client.skip_fin = over;
             let (mut up_active, mut down_active) = (false, false);
             let up =
                 self.to_backend
@@ -140,6 +158,11 @@ where
             }
             if self.note_closes() {
                 changed = true;
+            }
+            let one_done = self.to_backend.flow == Flow::Done || self.to_client.flow == Flow::Done;
+            if one_done && self.handshake_over() {
+                self.to_backend.flow = Flow::Done;
+                self.to_client.flow = Flow::Done;
             }
             if self.to_backend.flow == Flow::Done && self.to_client.flow == Flow::Done {
                 let end = match &closing {
@@ -382,4 +405,9 @@ struct Timing {
     next_publish: Instant,
     pings_unanswered: u8,
     ping_queued: bool,
+}
+
+/// Whether `S` is a plain TCP stream.
+fn is_tcp<S: 'static>() -> bool {
+    std::any::TypeId::of::<S>() == std::any::TypeId::of::<tokio::net::TcpStream>()
 }
