@@ -34,8 +34,13 @@
 //!   Run twice: without pacing, and with `max_upgrades_per_second = 200`, `upgrade_burst = 50`
 //!   (refused clients retry after Retry-After, capped at 1 s, at most 60 attempts).
 //!
+//! - storm: E2E_IDLE tunnels (each used once); then every client drops its tunnel at the same
+//!   moment and reconnects at once (retrying straight away, at most 50 tries) until its first
+//!   echo; the time until the last is back, the median, retries, and the proxy's CPU per
+//!   client back; run direct first, then through each proxy.
+//!
 //! Run: `cargo bench --bench e2e_load`. Environment: E2E_CLIENTS (50), E2E_SECONDS (5),
-//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle,shutdown,reload,drain,
+//! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle,storm,shutdown,reload,drain,
 //! wss_echo64,wss_handshake,wss_idle), E2E_PROXIES (switchboard,nginx,haproxy),
 //! E2E_PROXY_THREADS (tokio workers of switchboard; default: cores), E2E_SPREAD (drain.spread
 //! of the shutdown and drain runs, 5s), E2E_BASELINE_BIN (another switchboard binary, run side
@@ -413,6 +418,92 @@ async fn idle_memory(
     }
     let (_, rss) = proxy.stat();
     Some(rss.saturating_sub(base) as f64 / idle as f64)
+}
+
+/// What a reconnect storm cost: every client dropped at once and came straight back.
+struct StormResult {
+    /// The drop to the last client's first echo on its new tunnel.
+    all_back: Duration,
+    /// The median client's time back.
+    median_back: Duration,
+    /// Clients that were not back after [`STORM_ATTEMPTS`] tries.
+    failed: usize,
+    /// Connection attempts that failed before one succeeded (refused, reset, timed out).
+    retries: usize,
+    /// The proxy's CPU time over the storm per client back (0 for a direct run).
+    cpu_us_per_client: f64,
+}
+
+/// Tries a storm client makes before it gives up.
+const STORM_ATTEMPTS: usize = 50;
+
+/// `n` tunnels (each used once), then every client drops its tunnel at the same moment and
+/// reconnects at once, retrying a failed attempt straight away (at most [`STORM_ATTEMPTS`],
+/// each bounded by 10 s), until its first echo comes back: what a chat service sees after a
+/// deploy or a network blip. `proxy` is measured for CPU; `None` runs straight to `addr`.
+async fn reconnect_storm(
+    addr: SocketAddr,
+    proxy: Option<&Proxy>,
+    n: usize,
+    transport: &Transport,
+) -> Option<StormResult> {
+    let ping = Arc::new(frame(64));
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = open(addr, transport).await?;
+        let mut back = vec![0u8; ping.len() - 4];
+        stream.write_all(&ping).await.ok()?;
+        stream.read_exact(&mut back).await.ok()?;
+        streams.push(stream);
+    }
+    let go = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let mut clients = Vec::with_capacity(n);
+    for stream in streams {
+        let (go, ping, transport) = (go.clone(), ping.clone(), transport.clone());
+        clients.push(tokio::spawn(async move {
+            go.wait().await;
+            let dropped = Instant::now();
+            drop(stream);
+            let mut back = vec![0u8; ping.len() - 4];
+            for attempt in 0..STORM_ATTEMPTS {
+                let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+                    let mut stream = open(addr, &transport).await?;
+                    stream.write_all(&ping).await.ok()?;
+                    stream.read_exact(&mut back).await.ok()?;
+                    Some(stream)
+                })
+                .await;
+                if let Ok(Some(stream)) = echoed {
+                    return Some((dropped.elapsed(), attempt, stream));
+                }
+            }
+            None
+        }));
+    }
+    let cpu0 = proxy.map_or(0.0, |p| p.stat().0);
+    go.wait().await;
+    let mut times = Vec::with_capacity(n);
+    let (mut failed, mut retries) = (0, 0);
+    let mut held = Vec::with_capacity(n);
+    for client in clients {
+        match client.await.ok().flatten() {
+            Some((at, attempts, stream)) => {
+                times.push(at);
+                retries += attempts;
+                held.push(stream);
+            }
+            None => failed += 1,
+        }
+    }
+    let cpu1 = proxy.map_or(0.0, |p| p.stat().0);
+    times.sort_unstable();
+    Some(StormResult {
+        all_back: times.last().copied().unwrap_or_default(),
+        median_back: times.get(times.len() / 2).copied().unwrap_or_default(),
+        failed,
+        retries,
+        cpu_us_per_client: (cpu1 - cpu0) * 1e6 / times.len().max(1) as f64,
+    })
 }
 
 /// What clients saw when switchboard got SIGTERM in front of their idle tunnels.
@@ -1062,7 +1153,7 @@ fn main() {
             .filter(|n| only.split(',').any(|o| o == *n))
             .collect();
         let scenarios = std::env::var("E2E_SCENARIOS").unwrap_or_else(|_| {
-            "echo64,echo4k,handshake,idle,shutdown,reload,drain,wss_echo64,wss_handshake,wss_idle"
+            "echo64,echo4k,handshake,idle,storm,shutdown,reload,drain,wss_echo64,wss_handshake,wss_idle"
                 .into()
         });
         let wanted = |s: &str| scenarios.split(',').any(|x| x == s);
@@ -1111,6 +1202,30 @@ fn main() {
             match idle_memory(name, backend, idle, None, &plain).await {
                 Some(kib) => println!("idle {name:<11}: {kib:.2} KiB RSS per idle tunnel ({idle} tunnels, each used once)"),
                 None => println!("idle {name:<11}: skipped"),
+            }
+        }
+
+        // A reconnect storm: every idle tunnel dropped at once, every client straight back.
+        if wanted("storm") {
+            let show = |who: &str, r: &StormResult| {
+                println!(
+                    "storm {who:<11}: {idle} clients dropped at once: all back after {:.2}s (median {:.3}s), {} retries, {} not back, proxy CPU {:.1} us per client back",
+                    r.all_back.as_secs_f64(), r.median_back.as_secs_f64(), r.retries, r.failed, r.cpu_us_per_client
+                )
+            };
+            match reconnect_storm(backend, None, idle, &plain).await {
+                Some(r) => show("direct", &r),
+                None => println!("storm direct: skipped (could not open the tunnels)"),
+            }
+            for &name in &names {
+                let Some(proxy) = Proxy::start(name, backend, None).await else {
+                    println!("storm {name:<11}: not installed or did not start; skipped");
+                    continue;
+                };
+                match reconnect_storm(proxy.addr, Some(&proxy), idle, &plain).await {
+                    Some(r) => show(name, &r),
+                    None => println!("storm {name:<11}: skipped (could not open the tunnels)"),
+                }
             }
         }
 
