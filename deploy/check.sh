@@ -72,7 +72,8 @@ cargo run --quiet --locked -- check --config "$work/switchboard.toml" >"$work/ch
 }
 echo "  switchboard check: $(head -n 1 "$work/check.out")"
 # Once the binary knows `dns:` servers (issue 11), the commented Kubernetes form must pass too.
-if cargo run --quiet --locked -- --print-default-config | grep -q '"dns:'; then
+cargo run --quiet --locked -- --print-default-config >"$work/reference.toml"
+if grep -q '"dns:' "$work/reference.toml"; then
   sed -e 's/^servers = \["192\.0\.2\..*$//' \
     -e 's/^#   \(servers = \["dns:.*\)$/\1/' -e 's/^#   \(resolve_interval = .*\)$/\1/' \
     "$work/switchboard.toml" >"$work/switchboard-dns.toml"
