@@ -47,6 +47,9 @@ pub struct Metrics {
     /// `limits.max_connections`, beside `connections_active` (set at start; changing it takes
     /// a restart).
     pub connections_limit: IntGauge,
+    /// `limits.max_tunnels`, beside `tunnels_active`, so an alert can say how close the
+    /// process is to refusing upgrades (set at start; changing it takes a restart).
+    pub tunnels_limit: IntGauge,
     /// Connections closed unserved because every slot stayed taken (see [`crate::listener::limit`]).
     pub connections_rejected_total: IntCounter,
     /// Time with every connection slot taken.
@@ -137,6 +140,11 @@ impl Metrics {
             connections_limit: IntGauge::new(
                 "switchboard_connections_limit",
                 "The most client connections open at once (limits.max_connections).",
+            )
+            .expect("valid metric"),
+            tunnels_limit: IntGauge::new(
+                "switchboard_tunnels_limit",
+                "The most WebSocket tunnels open at once (limits.max_tunnels).",
             )
             .expect("valid metric"),
             connections_rejected_total: IntCounter::new(
@@ -420,6 +428,11 @@ impl Metrics {
         m.build_info
             .with_label_values(&[BUILD_VERSION, BUILD_COMMIT])
             .set(1);
+        // Both results exist from the start at 0, so the first failed reload is an increase
+        // that `increase()` and alerts can see, not a series that appears already at 1.
+        for result in ["ok", "error"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
         for c in m.collectors() {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -438,6 +451,7 @@ impl Metrics {
             Box::new(self.connections_active.clone()),
             Box::new(self.connections_total.clone()),
             Box::new(self.connections_limit.clone()),
+            Box::new(self.tunnels_limit.clone()),
             Box::new(self.connections_rejected_total.clone()),
             Box::new(self.connections_at_limit_seconds_total.clone()),
             Box::new(self.build_info.clone()),

@@ -69,6 +69,7 @@ impl Proxy {
     pub fn new(config: Config, metrics: Metrics, shutdown: Shutdown) -> Self {
         let registry = Arc::new(tunnel::TunnelRegistry::default());
         let tunnel_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_tunnels));
+        metrics.tunnels_limit.set(config.limits.max_tunnels as i64);
         let backends = BackendRegistry::default();
         let mut pools = HashMap::new();
         let (first, _) = Snapshot::build(config, &backends, &mut pools, &registry, &metrics);

@@ -8,6 +8,8 @@
 
 pub mod backends;
 pub mod clients;
+pub mod dashboard;
+pub mod prometheus;
 pub mod session;
 pub mod tls;
 
