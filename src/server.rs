@@ -1,5 +1,5 @@
-//! One client connection: TLS (if the listener has it), then hyper's HTTP/1.1 or HTTP/2 server,
-//! with limits and graceful shutdown.
+//! One client connection: a PROXY protocol header (with `proxy_protocol` on), TLS (if the
+//! listener has it), then hyper's HTTP/1.1 or HTTP/2 server, with limits and graceful shutdown.
 //!
 //! The HTTP version is chosen per connection: by ALPN on TLS listeners, and on plain listeners
 //! by the HTTP/2 connection preface ("prior knowledge" h2c, RFC 9113 §3.3). HTTP/2 connections
