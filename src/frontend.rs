@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::listener;
 use crate::listener::limit::ConnectionLimit;
 use crate::proxy::{ConnectionGuard, Proxy};
+use crate::proxy_protocol::receive::Receive;
 use crate::server;
 use crate::tls::server::TlsTerminator;
 
@@ -187,9 +188,23 @@ impl Acceptor {
             connections,
             move |stream, peer, slot| {
                 let guard = ConnectionGuard::new(slot, metrics.connections_active.clone());
-                // Limits as configured now: a reload applies them to new connections.
-                let limits = proxy.snapshot().config.limits.clone();
-                server::serve_connection(proxy.clone(), limits, stream, peer, guard, tls.clone())
+                // Limits and the PROXY protocol as configured now: a reload applies them to new
+                // connections.
+                let snap = proxy.snapshot();
+                let limits = snap.config.limits.clone();
+                let receive = snap.config.proxy_protocol.map(|version| Receive {
+                    version,
+                    trusted: snap.config.trusted_proxies.clone(),
+                });
+                server::serve_connection(
+                    proxy.clone(),
+                    limits,
+                    stream,
+                    peer,
+                    guard,
+                    tls.clone(),
+                    receive,
+                )
             },
         )
         .await

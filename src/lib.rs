@@ -18,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rebalance;
 pub mod reload;
 pub mod server;

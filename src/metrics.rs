@@ -61,6 +61,8 @@ pub struct Metrics {
     /// Accepted client connections per event loop (`[runtime]`): how evenly the kernel spreads
     /// them over the loops.
     pub connections_accepted_total: IntCounterVec,
+    /// Connections closed because `proxy_protocol` refused them, by reason.
+    pub proxy_protocol_errors_total: IntCounterVec,
     /// Live tunnels per backend.
     pub tunnels_active: IntGaugeVec,
     /// WebSocket handshakes by outcome.
@@ -181,6 +183,15 @@ impl Metrics {
                     "Client connections accepted, per event loop.",
                 ),
                 &["event_loop"],
+            )
+            .expect("valid metric"),
+            proxy_protocol_errors_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_proxy_protocol_errors_total",
+                    "Connections closed unserved by proxy_protocol, by reason: untrusted (peer not in \
+                     trusted_proxies), missing (no header), malformed, timeout.",
+                ),
+                &["reason"],
             )
             .expect("valid metric"),
             tunnels_active: IntGaugeVec::new(
@@ -457,6 +468,7 @@ impl Metrics {
             Box::new(self.build_info.clone()),
             Box::new(self.accept_errors_total.clone()),
             Box::new(self.connections_accepted_total.clone()),
+            Box::new(self.proxy_protocol_errors_total.clone()),
             Box::new(self.tunnels_active.clone()),
             Box::new(self.upgrades_total.clone()),
             Box::new(self.upgrade_duration_seconds.clone()),

@@ -1,5 +1,5 @@
-//! One client connection: TLS (if the listener has it), then hyper's HTTP/1.1 or HTTP/2 server,
-//! with limits and graceful shutdown.
+//! One client connection: a PROXY protocol header (with `proxy_protocol` on), TLS (if the
+//! listener has it), then hyper's HTTP/1.1 or HTTP/2 server, with limits and graceful shutdown.
 //!
 //! The HTTP version is chosen per connection: by ALPN on TLS listeners, and on plain listeners
 //! by the HTTP/2 connection preface ("prior knowledge" h2c, RFC 9113 §3.3). HTTP/2 connections
@@ -23,6 +23,7 @@ use crate::config::Limits;
 use crate::proxy::handshake::Prefixed;
 use crate::proxy::streams::{CountedBody, OpenStreams, StreamGuard};
 use crate::proxy::{self, ClientProtocol, ConnInfo, ConnectionGuard, Proxy};
+use crate::proxy_protocol::receive::Receive;
 use crate::tls::server::TlsTerminator;
 
 /// Flow-control window of one HTTP/2 stream (one tunnel or request).
@@ -33,7 +34,8 @@ const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one accepted connection until the client closes, it upgrades, or shutdown.
+/// Serves one accepted connection until the client closes, it upgrades, or shutdown. With
+/// `receive` (`proxy_protocol` on) the connection must start with a PROXY header, before TLS.
 pub async fn serve_connection(
     proxy: Arc<Proxy>,
     limits: Limits,
@@ -41,28 +43,45 @@ pub async fn serve_connection(
     peer: SocketAddr,
     guard: ConnectionGuard,
     tls: Option<Arc<TlsTerminator>>,
+    receive: Option<Receive>,
 ) {
-    let span = tracing::debug_span!("conn", %peer);
+    let span = tracing::debug_span!("conn", %peer, client = tracing::field::Empty);
     // Only the common case, plain HTTP/1.1, lives in the connection task's own state: the TLS,
     // replayed-bytes and HTTP/2 states are boxed. The task future is moved several times on its
     // way into the runtime, and each move copies all of it (kilobytes when every kind of
     // connection state shares one future).
     async move {
+        let mut stream = stream;
+        // The client address, chosen once for the connection. (Boxed: the common case, no
+        // header, keeps the task small.)
+        let client = match receive {
+            None => peer,
+            Some(receive) => {
+                let timeout = limits.header_read_timeout;
+                let read = receive.client(&mut stream, peer, timeout, &proxy.metrics);
+                let Some((client, _)) = Box::pin(read).await else {
+                    return;
+                };
+                tracing::Span::current().record("client", tracing::field::display(client));
+                client
+            }
+        };
+        let conn = |proto, protocol| ConnInfo {
+            peer,
+            client,
+            proto,
+            protocol,
+            guard,
+        };
         match tls {
-            Some(tls) => Box::pin(serve_tls(proxy, limits, stream, peer, guard, tls)).await,
+            Some(tls) => Box::pin(serve_tls(proxy, limits, stream, conn, tls)).await,
             None => {
-                let mut stream = stream;
                 let Some((protocol, taken)) =
                     sniff_protocol(&mut stream, limits.header_read_timeout).await
                 else {
                     return;
                 };
-                let conn = ConnInfo {
-                    peer,
-                    proto: "http",
-                    protocol,
-                    guard,
-                };
+                let conn = conn("http", protocol);
                 if taken.is_empty() {
                     serve_http(proxy, limits, stream, conn).await;
                 } else {
@@ -81,8 +100,7 @@ async fn serve_tls(
     proxy: Arc<Proxy>,
     limits: Limits,
     stream: TcpStream,
-    peer: SocketAddr,
-    guard: ConnectionGuard,
+    conn: impl FnOnce(&'static str, ClientProtocol) -> ConnInfo,
     tls: Arc<TlsTerminator>,
 ) {
     let Some(accepted) = tls.accept(stream).await else {
@@ -93,13 +111,7 @@ async fn serve_tls(
     } else {
         ClientProtocol::Http1
     };
-    let conn = ConnInfo {
-        peer,
-        proto: "https",
-        protocol,
-        guard,
-    };
-    serve_http(proxy, limits, accepted.stream, conn).await;
+    serve_http(proxy, limits, accepted.stream, conn("https", protocol)).await;
 }
 
 /// HTTP/2 if the client starts with the h2 preface, else HTTP/1.1, and the bytes that had to be

@@ -448,6 +448,7 @@ fn pacing_rebalancing_and_health_check_defaults() {
             timeout: Duration::from_secs(2),
             rise: 2,
             fall: 3,
+            proxy_header: None,
         }
     );
 }

@@ -147,10 +147,15 @@ async fn probe(
     check: &HealthCheck,
     tls: Option<&UpstreamTls>,
 ) -> Result<(), ProbeError> {
-    let tcp = TcpStream::connect(backend.addr)
+    let mut tcp = TcpStream::connect(backend.addr)
         .await
         .map_err(ProbeError::io)?;
     let _ = tcp.set_nodelay(true);
+    if let Some(version) = check.proxy_header {
+        // A probe speaks for no client: the header that says so (v2 LOCAL, v1 UNKNOWN).
+        let header = crate::proxy_protocol::encode::local(version);
+        tcp.write_all(header).await.map_err(ProbeError::io)?;
+    }
     let host = match &check.host {
         Some(host) => Cow::Borrowed(host.as_str()),
         None => Cow::Owned(backend.addr.to_string()),

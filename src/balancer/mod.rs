@@ -572,6 +572,7 @@ pub(crate) mod tests {
             rebalance_rate: 10.0,
             health_check: None,
             sticky_cookie: None,
+            send_proxy_protocol: None,
             servers: weights
                 .iter()
                 .enumerate()

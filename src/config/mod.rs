@@ -30,6 +30,12 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// Client-facing listener address.
     pub listen: SocketAddr,
+    /// `proxy_protocol`: the PROXY header every client connection must start with (from a
+    /// peer in `trusted_proxies`); `None`: off.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `trusted_proxies`: the peers whose PROXY header, or last `X-Forwarded-For` entry, names
+    /// the client.
+    pub trusted_proxies: Arc<crate::proxy_protocol::trusted::TrustedProxies>,
     /// The admin listener (metrics, health, `/admin/*`), if configured.
     pub admin: Option<SocketAddr>,
     /// The bearer token every `/admin/*` endpoint then requires (read from `admin.token_file`).
@@ -366,6 +372,9 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     /// The signed cookie that pins a client to its backend; `None`: no cookie.
     pub sticky_cookie: Option<StickyCookie>,
+    /// `send_proxy_protocol`: a PROXY header with the client's address first on every new
+    /// backend connection; `None`: none.
+    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// `sticky_cookie = { … }` on an upstream, with the secret already read: replicas that read the
@@ -402,6 +411,9 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that make an up backend down.
     pub fall: u32,
+    /// The upstream's `send_proxy_protocol`: probes then start with the header that names no
+    /// client (v2 LOCAL, v1 UNKNOWN), so a backend that requires one accepts them.
+    pub proxy_header: Option<crate::proxy_protocol::Version>,
 }
 
 /// The kinds of active health check.

@@ -23,6 +23,8 @@ pub type RawDuration = Spanned<toml::Value>;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Spanned<String>,
+    pub proxy_protocol: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub admin: Option<RawAdmin>,
     pub limits: Option<RawLimits>,
     pub timeouts: Option<RawTimeouts>,
@@ -175,6 +177,7 @@ pub struct RawUpstream {
     pub rebalance_rate: Option<Spanned<toml::Value>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub sticky_cookie: Option<Spanned<RawStickyCookie>>,
+    pub send_proxy_protocol: Option<Spanned<String>>,
 }
 
 /// `sticky_cookie = { name = "…", secret_file = "…", max_age = "1h" }` on an upstream: a signed

@@ -67,7 +67,8 @@ impl AsyncWrite for BackendStream {
 }
 
 /// Connects to the key's backend (or first to `pin`, a sticky cookie's), or to the next ones
-/// while connects (or backend TLS handshakes) fail and attempts remain. Each failure is counted
+/// while connects (or backend TLS handshakes) fail and attempts remain; with the upstream's
+/// `send_proxy_protocol`, a PROXY header naming `client` goes first. Each failure is counted
 /// and logged with its cause.
 pub async fn connect(
     snap: &Snapshot,
@@ -75,8 +76,10 @@ pub async fn connect(
     key: Option<u64>,
     pin: Option<usize>,
     protocol: ClientProtocol,
+    client: std::net::SocketAddr,
     trace: &mut super::access::Trace,
 ) -> Result<(BackendStream, Pick), ProxyError> {
+    let proxy_header = snap.config.upstreams[upstream].send_proxy_protocol;
     let balancer: &Balancer = &snap.balancers[upstream];
     let tls = snap.upstream_tls[upstream].as_ref();
     let mut attempts = balancer.attempts(key).pinned(pin);
@@ -95,9 +98,14 @@ pub async fn connect(
             }
         }
         let attempt = tokio::time::timeout(snap.timeouts.connect, async {
-            let stream = TcpStream::connect(backend.addr).await?;
+            let mut stream = TcpStream::connect(backend.addr).await?;
             // Small WebSocket frames must not wait for Nagle.
             stream.set_nodelay(true)?;
+            if let Some(version) = proxy_header {
+                // First on the connection, before TLS: the client this tunnel is for.
+                let header = crate::proxy_protocol::encode::header(version, client, backend.addr);
+                tokio::io::AsyncWriteExt::write_all(&mut stream, &header).await?;
+            }
             match tls {
                 None => Ok(BackendStream::Plain(stream)),
                 Some((connector, name)) => connector

@@ -20,16 +20,17 @@ use super::{ConnInfo, Snapshot};
 use crate::balancer::key::key_hash;
 use crate::config::{Timeouts, Upstream};
 use crate::error::ProxyError;
+use crate::proxy_protocol::connector::ProxyHeaderConnector;
 
 /// The backend clients of one upstream: plain HTTP, or HTTPS when the upstream has
 /// `tls = { … }` (then the certificate must carry the configured server name).
 #[derive(Clone)]
 pub struct BackendClient {
     /// Keep-alive connections, idle ones closed after `timeouts.pool_idle`.
-    pooled: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    pooled: Client<HttpsConnector<ProxyHeaderConnector>, RequestBody>,
     /// A new connection per request, for the one resend after a pooled connection turned out
     /// closed: the pool could hand out another stale one.
-    fresh: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    fresh: Client<HttpsConnector<ProxyHeaderConnector>, RequestBody>,
 }
 
 /// Builds the clients for `upstream`.
@@ -43,6 +44,7 @@ pub fn backend_client(
     http.set_connect_timeout(Some(timeouts.connect));
     http.set_keepalive(Some(Duration::from_secs(60)));
     http.enforce_http(false);
+    let http = ProxyHeaderConnector::new(http, upstream.send_proxy_protocol);
     let connector = match &upstream.tls {
         Some(tls) => {
             let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
@@ -85,20 +87,23 @@ pub async fn forward(
     upstream: usize,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    client: std::net::SocketAddr,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let balancer = &snap.balancers[upstream];
     let (mut parts, body) = req.into_parts();
     let key = balancer
         .key_spec()
-        .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
+        .and_then(|spec| key_hash(spec, &parts, client.ip()));
     let host = super::router::request_authority(&parts).map(str::to_owned);
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
     let sticky = Sticky::read(snap, upstream, &mut parts.headers);
+    // The hop that spoke to switchboard is appended, as ever (behind a trusted HTTP proxy that
+    // is the proxy; the client it named is already in the chain).
     headers::add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        conn.client.ip(),
         conn.proto,
         host.as_deref(),
     );
@@ -112,6 +117,11 @@ pub async fn forward(
         "https"
     } else {
         "http"
+    };
+    // A PROXY header names one client: its connections are pooled apart (see `connector`).
+    let pool_tag = match snap.config.upstreams[upstream].send_proxy_protocol {
+        Some(_) => format!("{}@", crate::proxy_protocol::connector::pool_tag(client)),
+        None => String::new(),
     };
     let path = parts
         .uri
@@ -135,7 +145,7 @@ pub async fn forward(
     loop {
         let backend = pick.lease.backend().clone();
         trace.attempt(&backend);
-        let uri: Uri = format!("{scheme}://{}{}", backend.addr, path)
+        let uri: Uri = format!("{scheme}://{pool_tag}{}{}", backend.addr, path)
             .parse()
             .map_err(|_| ProxyError::BadRequest {
                 reason: "the request target cannot be forwarded",

@@ -192,8 +192,11 @@ impl ClientProtocol {
 
 /// Facts about one client connection.
 pub struct ConnInfo {
-    /// The client's address.
+    /// The TCP peer: the client, or a proxy or load balancer in front.
     pub peer: SocketAddr,
+    /// The client's address as the connection names it: the PROXY header's, else `peer`.
+    /// (Behind a trusted HTTP proxy each request may name its own: see [`client_address`].)
+    pub client: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto and Forwarded.
     pub proto: &'static str,
     /// HTTP/1.1 or HTTP/2.
@@ -213,6 +216,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let snap = proxy.snapshot();
     let (mut parts, body) = req.into_parts();
+    let client = client_address(&snap.config, &conn, &parts.headers);
     let upgrade = match conn.protocol {
         ClientProtocol::Http1 => headers::is_websocket_upgrade(&parts),
         ClientProtocol::H2 => websocket::is_extended_connect(&parts),
@@ -223,11 +227,11 @@ pub async fn handle(
     let request_id = logging.then(|| access::request_id(&mut parts.headers));
     let facts = request_id
         .as_ref()
-        .map(|id| access::RequestFacts::new(&parts, conn.peer, access_log.query, id.clone()));
+        .map(|id| access::RequestFacts::new(&parts, client, access_log.query, id.clone()));
     let mut trace = access::Trace::default();
     let refuse =
         |error: ProxyError, facts: Option<access::RequestFacts>, trace: &mut access::Trace| {
-            tracing::debug!(client = %conn.peer, error = %error, "request refused");
+            tracing::debug!(client = %client, error = %error, "request refused");
             let mut response = error_response(&error);
             proxy
                 .metrics
@@ -280,9 +284,12 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let result = if upgrade {
         trace.request_id = request_id.clone();
-        websocket::upgrade(&proxy, &snap, upstream, req, &conn, stream, &mut trace).await
+        websocket::upgrade(
+            &proxy, &snap, upstream, req, &conn, client, stream, &mut trace,
+        )
+        .await
     } else {
-        http::forward(&snap, upstream, req, &conn, &mut trace).await
+        http::forward(&snap, upstream, req, &conn, client, &mut trace).await
     };
     // Every request is observed, failures too: slow failures are what p99 dashboards need.
     let upgraded = match &result {
@@ -307,12 +314,12 @@ pub async fn handle(
         let status = error.status().as_u16();
         let tried = trace.tried();
         match error.blame() {
-            Blame::Backend => tracing::warn!(upstream = %upstream_name, client = %conn.peer,
+            Blame::Backend => tracing::warn!(upstream = %upstream_name, client = %client,
                 status, error = %error, tried = %tried, request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
                 "request failed"),
-            Blame::Client => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
+            Blame::Client => tracing::debug!(upstream = %upstream_name, client = %client,
                 status, error = %http::error_chain(&error), "request refused"),
-            Blame::Overload => tracing::debug!(upstream = %upstream_name, client = %conn.peer,
+            Blame::Overload => tracing::debug!(upstream = %upstream_name, client = %client,
                 status, error = %error, tried = %tried, "request shed"),
         }
         if upgrade {
@@ -357,6 +364,19 @@ pub async fn handle(
         response.body_mut().attach_access(record);
     }
     response
+}
+
+/// The client a request comes from, for `ip` hashing, forwarding headers, logs and per-address
+/// limits: the connection's (the PROXY header's when `proxy_protocol` is on), or, when the peer
+/// is a trusted HTTP proxy, the last `X-Forwarded-For` entry (the one that proxy appended).
+pub fn client_address(config: &Config, conn: &ConnInfo, headers: &::http::HeaderMap) -> SocketAddr {
+    if config.proxy_protocol.is_some()
+        || config.trusted_proxies.is_empty()
+        || !config.trusted_proxies.contains(conn.peer.ip())
+    {
+        return conn.client;
+    }
+    crate::proxy_protocol::trusted::last_forwarded_for(headers).unwrap_or(conn.client)
 }
 
 /// Whether a request head announces a body: chunked, or a non-zero length.

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 pub struct PoolKey {
     tls: Option<(String, Option<std::path::PathBuf>)>,
     connect: std::time::Duration,
+    proxy_header: Option<crate::proxy_protocol::Version>,
 }
 
 impl PoolKey {
@@ -30,6 +31,7 @@ impl PoolKey {
                 .as_ref()
                 .map(|t| (t.server_name.clone(), t.ca.clone())),
             connect: timeouts.connect,
+            proxy_header: upstream.send_proxy_protocol,
         }
     }
 }

@@ -45,12 +45,16 @@ pub fn is_extended_connect(parts: &http::request::Parts) -> bool {
 
 /// Performs the backend handshake for a WebSocket request and answers the client. On success a
 /// tracked tunnel task is spawned that splices the two streams once hyper hands them over.
+/// `client` is the request's client address ([`super::client_address`]).
+// One more than clippy's seven: the client address is per request, not per connection.
+#[allow(clippy::too_many_arguments)]
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     snap: &Snapshot,
     upstream: usize,
     mut req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
+    client: std::net::SocketAddr,
     h2_stream: Option<super::streams::StreamGuard>,
     trace: &mut super::access::Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -60,7 +64,7 @@ pub async fn upgrade(
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _empty_body) = req.into_parts();
     // Origin rules and per-address limits, before any backend is picked.
-    let admitted = super::admission::admit(proxy, snap, upstream, &parts, conn.peer.ip())?;
+    let admitted = super::admission::admit(proxy, snap, upstream, &parts, client.ip())?;
     let slot = proxy
         .tunnel_slots
         .clone()
@@ -68,7 +72,7 @@ pub async fn upgrade(
         .map_err(|_| ProxyError::TooManyTunnels)?;
     let key = balancer
         .key_spec()
-        .and_then(|spec| key_hash(spec, &parts, conn.peer.ip()));
+        .and_then(|spec| key_hash(spec, &parts, client.ip()));
 
     let authority = super::router::request_authority(&parts).map(str::to_owned);
     let upgrade_value = match protocol {
@@ -79,9 +83,11 @@ pub async fn upgrade(
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
     let sticky = Sticky::read(snap, upstream, &mut parts.headers);
+    // The hop that spoke to switchboard is appended, as ever (behind a trusted HTTP proxy that
+    // is the proxy; the client it named is already in the chain).
     headers::add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        conn.client.ip(),
         conn.proto,
         authority.as_deref(),
     );
@@ -116,7 +122,7 @@ pub async fn upgrade(
     }
 
     let (stream, pick) =
-        connect::connect(snap, upstream, key, sticky.pin(), protocol, trace).await?;
+        connect::connect(snap, upstream, key, sticky.pin(), protocol, client, trace).await?;
     let backend = pick.lease.backend().clone();
     let index = pick.index;
     let record = |outcome: &str| snap.count_upgrade(&backend, outcome, protocol);
@@ -155,7 +161,7 @@ pub async fn upgrade(
                 // connects, for `timeouts.backend_retry`.
                 balancer.report_failure(pick.index);
             }
-            tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %conn.peer,
+            tracing::info!(upstream = %balancer.name, backend = %backend.name, client = %client,
                 status = response.status().as_u16(), "websocket handshake rejected by backend");
             if protocol == ClientProtocol::H2 && response.status().is_success() {
                 // Over HTTP/2 a 2xx answer to extended CONNECT *is* the acceptance (RFC 8441
@@ -195,7 +201,7 @@ pub async fn upgrade(
         } else {
             parts.uri.path()
         };
-        tracing::info!(target: super::access::TARGET, client = %conn.peer, method = %parts.method,
+        tracing::info!(target: super::access::TARGET, client = %client, method = %parts.method,
             host = authority.as_deref().unwrap_or("-"), path, status = match protocol {
                 ClientProtocol::Http1 => 101,
                 ClientProtocol::H2 => 200,
@@ -211,6 +217,7 @@ pub async fn upgrade(
         admitted,
         _slot: slot,
         conn: conn.clone(),
+        client,
         _stream: h2_stream,
         access_id,
         extensions,

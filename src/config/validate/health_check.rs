@@ -66,6 +66,8 @@ pub(super) fn health_check(
         timeout,
         rise: check.count(&raw.rise, &key("rise"), 2, 1..=100) as u32,
         fall: check.count(&raw.fall, &key("fall"), 3, 1..=100) as u32,
+        // The upstream's `send_proxy_protocol`, filled in by the upstream check.
+        proxy_header: None,
     }
 }
 

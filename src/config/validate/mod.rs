@@ -16,6 +16,7 @@ mod checker;
 mod health_check;
 mod log;
 mod pacing;
+mod proxy_protocol;
 mod route;
 mod sticky_cookie;
 mod tls;
@@ -40,6 +41,7 @@ const UNUSABLE_ADDR: SocketAddr =
 pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<ConfigError>) {
     let check = Checker::new(src, origin);
     let listen = check.or(check.addr(&raw.listen, "listen"), UNUSABLE_ADDR);
+    let (proxy_protocol, trusted_proxies) = proxy_protocol::listener(&check, &raw);
     let (admin, admin_token) = match &raw.admin {
         Some(admin) => (
             check.keep(check.addr(&admin.listen, "admin.listen")),
@@ -133,6 +135,8 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
     let config = Config {
         path: None,
         listen,
+        proxy_protocol,
+        trusted_proxies,
         admin,
         admin_token,
         limits,

@@ -3,7 +3,7 @@
 
 use toml::Spanned;
 
-use super::{Checker, MAX_WEIGHT, health_check, pacing, sticky_cookie};
+use super::{Checker, MAX_WEIGHT, health_check, pacing, proxy_protocol, sticky_cookie};
 use crate::config::raw::{RawBackendTls, RawServer, RawUpstream};
 use crate::config::{BackendTls, Balance, ConfigError, HashKeySpec, Server, Upstream};
 
@@ -42,10 +42,20 @@ pub(super) fn upstream(check: &Checker, name: &str, spanned: &Spanned<RawUpstrea
     );
     let upgrade_pacing = check.or(pacing::upgrade_pacing(check, name, raw), None);
     let (rebalance_skew, rebalance_rate) = pacing::rebalance(check, name, raw, balance);
-    let health_check = raw
-        .health_check
-        .as_ref()
-        .map(|h| health_check::health_check(check, name, h));
+    let send_proxy_protocol = raw.send_proxy_protocol.as_ref().and_then(|v| {
+        check
+            .keep(proxy_protocol::version(
+                check,
+                v,
+                &key("send_proxy_protocol"),
+            ))
+            .flatten()
+    });
+    let health_check = raw.health_check.as_ref().map(|h| {
+        let mut probe = health_check::health_check(check, name, h);
+        probe.proxy_header = send_proxy_protocol;
+        probe
+    });
     let sticky_cookie = raw
         .sticky_cookie
         .as_ref()
@@ -63,6 +73,7 @@ pub(super) fn upstream(check: &Checker, name: &str, spanned: &Spanned<RawUpstrea
         rebalance_rate,
         health_check,
         sticky_cookie,
+        send_proxy_protocol,
     }
 }
 

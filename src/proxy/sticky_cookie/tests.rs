@@ -27,6 +27,7 @@ fn upstream(max_age: Option<Duration>) -> Upstream {
         rebalance_skew: None,
         rebalance_rate: 10.0,
         health_check: None,
+        send_proxy_protocol: None,
         sticky_cookie: Some(StickyCookie {
             name: "sb_route".into(),
             secret_file: "route-key".into(),
@@ -135,6 +136,7 @@ fn answered(sticky: &Sticky<'_>, index: usize, proto: &'static str) -> Vec<Strin
         .append(header::SET_COOKIE, HeaderValue::from_static("app=1"));
     let conn = ConnInfo {
         peer: SocketAddr::from(([127, 0, 0, 1], 5000)),
+        client: SocketAddr::from(([127, 0, 0, 1], 5000)),
         proto,
         protocol: super::super::ClientProtocol::Http1,
         guard: super::super::ConnectionGuard::new(

@@ -224,6 +224,8 @@ pub struct Tunnel {
     pub _slot: tokio::sync::OwnedSemaphorePermit,
     /// The client connection (its guard keeps the connection slot taken).
     pub conn: Arc<ConnInfo>,
+    /// The client address the upgrade was made for (see [`super::client_address`]).
+    pub client: std::net::SocketAddr,
     /// Keeps the HTTP/2 stream counted open (`limits.h2_idle_timeout`); `None` on HTTP/1.1.
     pub _stream: Option<super::streams::StreamGuard>,
     /// The request id of the upgrade, for the close line; `None` when the access log is off
@@ -286,7 +288,7 @@ impl Tunnel {
             request_id = &**request_id,
             upstream = %shared.upstream,
             backend = %backend_state.name,
-            client = %self.conn.peer,
+            client = %self.client,
             duration_ms = lifetime.as_millis() as u64,
             bytes_to_backend = splice.to_backend.bytes,
             bytes_to_client = splice.to_client.bytes,
