@@ -14,6 +14,7 @@ pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod frontend;
+pub mod handover;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -40,6 +41,10 @@ use tls::server::TlsTerminator;
 
 /// How long to wait for tasks to wind down after the force token, before returning anyway.
 const FORCE_WAIT: Duration = Duration::from_secs(5);
+
+/// After a hand-over, how long connections accepted in the last moment have to send their
+/// first request before idle connections are closed (a second signal skips it).
+const HANDOVER_SETTLE: Duration = Duration::from_secs(2);
 
 /// Already-bound sockets for [`run`].
 pub struct Listeners {
@@ -80,6 +85,12 @@ pub enum RunError {
     /// rustls refused the server configuration.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// `admin.handover_socket` cannot be served.
+    #[error("`admin.handover_socket`: {0}")]
+    HandoverSocket(std::io::Error),
+    /// The process being taken over stopped waiting and keeps serving; this one drained.
+    #[error("--take-over: {0}")]
+    TakeOver(String),
 }
 
 /// Runs switchboard until `shutdown` is triggered and the drain is over. Metrics are registered
@@ -90,6 +101,35 @@ pub async fn run(
     shutdown: Shutdown,
     metrics: Metrics,
 ) -> Result<(), RunError> {
+    run_with(config, listeners, shutdown, metrics, None).await
+}
+
+/// [`run`], for a process taking the listeners over from `predecessor`
+/// ([`handover::taker::take_over`]): once it accepts on them, the predecessor is told to stop.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    metrics: Metrics,
+    predecessor: Option<handover::taker::Predecessor>,
+) -> Result<(), RunError> {
+    let handover_socket = match (&config.handover_socket, &predecessor) {
+        // Bound after the take-over: the predecessor serves the path until then.
+        (Some(path), None) => Some(
+            handover::socket::HandoverSocket::bind(path, false)
+                .map_err(RunError::HandoverSocket)?,
+        ),
+        _ => None,
+    };
+    let admin_socket = match (&config.handover_socket, &listeners.admin) {
+        (Some(_), Some(admin)) => Some((
+            admin.local_addr().map_err(RunError::HandoverSocket)?,
+            std::os::fd::AsFd::as_fd(admin)
+                .try_clone_to_owned()
+                .map_err(RunError::HandoverSocket)?,
+        )),
+        _ => None,
+    };
     let proxy = Arc::new(Proxy::new(
         config.clone(),
         metrics.clone(),
@@ -120,18 +160,71 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, proxy.clone(), reloader.clone()));
     }
     let connections = frontend.connections.clone();
+    let mut outcome = Ok(());
+    if let Some(predecessor) = predecessor {
+        let pid = predecessor.pid();
+        match predecessor.ready().await {
+            Ok(()) => tracing::info!(
+                pid,
+                "took the listeners over; the previous process stops accepting"
+            ),
+            Err(e) => {
+                tracing::error!("{e}; this process stops accepting and exits");
+                shutdown.hand_over();
+                outcome = Err(RunError::TakeOver(e));
+            }
+        }
+    }
+    if let Some(path) = config
+        .handover_socket
+        .as_deref()
+        .filter(|_| outcome.is_ok())
+    {
+        let socket = match handover_socket {
+            Some(socket) => Ok(socket),
+            None => handover::socket::HandoverSocket::bind(path, true),
+        };
+        let giver = handover::giver::Giver {
+            frontend: frontend.clone(),
+            admin: admin_socket,
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+        };
+        match socket {
+            Ok(socket) => {
+                tokio::spawn(handover::giver::serve(socket, giver));
+            }
+            Err(e) => tracing::error!(path = %path.display(), error = %e,
+                "cannot serve admin.handover_socket: no take-over of this process is possible"),
+        }
+    }
 
     shutdown.drain_token().cancelled().await;
     // The config in force now (a reload may have changed the shutdown settings).
     let config = proxy.snapshot().config.clone();
     let grace_end = tokio::time::Instant::now() + config.timeouts.shutdown_grace;
-    tracing::info!(
-        delay_s = config.timeouts.shutdown_delay.as_secs_f64(),
-        "draining: /readyz answers 503; still accepting for timeouts.shutdown_delay"
-    );
+    // After a hand-over the listening sockets stay open in the new process: accepting stops at
+    // once, but idle connections are closed only after HANDOVER_SETTLE, since one accepted a
+    // moment ago may not have sent its request yet and would be closed unanswered.
+    let handed_over = shutdown.handed_over_token().is_cancelled();
+    let pause = if handed_over {
+        frontend.stop_accepting();
+        tracing::info!(
+            settle_s = HANDOVER_SETTLE.as_secs_f64(),
+            "handed over: stopped accepting (the new process accepts on the same sockets)"
+        );
+        HANDOVER_SETTLE
+    } else {
+        tracing::info!(
+            delay_s = config.timeouts.shutdown_delay.as_secs_f64(),
+            "draining: /readyz answers 503; still accepting for timeouts.shutdown_delay"
+        );
+        config.timeouts.shutdown_delay
+    };
     tokio::select! {
-        _ = tokio::time::sleep(config.timeouts.shutdown_delay) => {}
+        _ = tokio::time::sleep(pause) => {}
         _ = shutdown.hurry_token().cancelled() => {}
+        _ = shutdown.handed_over_token().cancelled(), if !handed_over => {}
     }
     shutdown.stop_token().cancel();
     frontend.stopped().await;
@@ -159,7 +252,7 @@ pub async fn run(
     })
     .await;
     tracing::info!("shutdown complete");
-    Ok(())
+    outcome
 }
 
 /// Asks every tunnel to close with `drain.close_code`, spread over `drain.spread` but so that

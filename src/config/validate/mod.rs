@@ -40,12 +40,13 @@ const UNUSABLE_ADDR: SocketAddr =
 pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<ConfigError>) {
     let check = Checker::new(src, origin);
     let listen = check.or(check.addr(&raw.listen, "listen"), UNUSABLE_ADDR);
-    let (admin, admin_token) = match &raw.admin {
+    let (admin, admin_token, handover_socket) = match &raw.admin {
         Some(admin) => (
             check.keep(check.addr(&admin.listen, "admin.listen")),
             check.or(admin::token(&check, admin), None),
+            check.or(admin::handover_socket(&check, admin), None),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     let limits = limits(&check, raw.limits.as_ref().unwrap_or(&RawLimits::default()));
     let timeouts = timeouts(
@@ -134,6 +135,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
         listen,
         admin,
         admin_token,
+        handover_socket,
         limits,
         timeouts,
         drain,
