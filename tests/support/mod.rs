@@ -8,6 +8,7 @@
 
 pub mod backends;
 pub mod clients;
+pub mod process;
 pub mod session;
 pub mod tls;
 
