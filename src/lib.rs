@@ -113,23 +113,8 @@ pub async fn run_with(
     metrics: Metrics,
     predecessor: Option<handover::taker::Predecessor>,
 ) -> Result<(), RunError> {
-    let handover_socket = match (&config.handover_socket, &predecessor) {
-        // Bound after the take-over: the predecessor serves the path until then.
-        (Some(path), None) => Some(
-            handover::socket::HandoverSocket::bind(path, false)
-                .map_err(RunError::HandoverSocket)?,
-        ),
-        _ => None,
-    };
-    let admin_socket = match (&config.handover_socket, &listeners.admin) {
-        (Some(_), Some(admin)) => Some((
-            admin.local_addr().map_err(RunError::HandoverSocket)?,
-            std::os::fd::AsFd::as_fd(admin)
-                .try_clone_to_owned()
-                .map_err(RunError::HandoverSocket)?,
-        )),
-        _ => None,
-    };
+    let handover = handover::Prepared::new(&config, &listeners, predecessor.is_some())
+        .map_err(RunError::HandoverSocket)?;
     let proxy = Arc::new(Proxy::new(
         config.clone(),
         metrics.clone(),
@@ -160,44 +145,10 @@ pub async fn run_with(
         tokio::spawn(admin::serve(admin, proxy.clone(), reloader.clone()));
     }
     let connections = frontend.connections.clone();
-    let mut outcome = Ok(());
-    if let Some(predecessor) = predecessor {
-        let pid = predecessor.pid();
-        match predecessor.ready().await {
-            Ok(()) => tracing::info!(
-                pid,
-                "took the listeners over; the previous process stops accepting"
-            ),
-            Err(e) => {
-                tracing::error!("{e}; this process stops accepting and exits");
-                shutdown.hand_over();
-                outcome = Err(RunError::TakeOver(e));
-            }
-        }
-    }
-    if let Some(path) = config
-        .handover_socket
-        .as_deref()
-        .filter(|_| outcome.is_ok())
-    {
-        let socket = match handover_socket {
-            Some(socket) => Ok(socket),
-            None => handover::socket::HandoverSocket::bind(path, true),
-        };
-        let giver = handover::giver::Giver {
-            frontend: frontend.clone(),
-            admin: admin_socket,
-            shutdown: shutdown.clone(),
-            metrics: metrics.clone(),
-        };
-        match socket {
-            Ok(socket) => {
-                tokio::spawn(handover::giver::serve(socket, giver));
-            }
-            Err(e) => tracing::error!(path = %path.display(), error = %e,
-                "cannot serve admin.handover_socket: no take-over of this process is possible"),
-        }
-    }
+    let outcome = handover
+        .finish(&config, predecessor, &frontend, &shutdown, &metrics)
+        .await
+        .map_err(RunError::TakeOver);
 
     shutdown.drain_token().cancelled().await;
     // The config in force now (a reload may have changed the shutdown settings).

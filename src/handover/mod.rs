@@ -34,6 +34,7 @@
 //! The same adoption serves systemd socket activation ([`systemd`]).
 
 pub mod giver;
+mod prepared;
 pub mod socket;
 pub mod systemd;
 pub mod taker;
@@ -43,6 +44,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+
+pub use prepared::Prepared;
 
 use crate::config::Config;
 use crate::{Listeners, listener};
