@@ -319,3 +319,34 @@ fn handover_socket_mistakes_name_the_key_and_the_line() {
         switchboard::config::from_toml_str(&with(fine.to_str().unwrap()), "h.toml").unwrap();
     assert_eq!(config.handover_socket.as_deref(), Some(fine.as_path()));
 }
+
+#[tokio::test]
+async fn a_stale_handover_socket_file_is_replaced_and_removed_at_exit() {
+    let (a, echo) = (
+        HttpBackend::start("a").await,
+        EchoBackend::start("echo").await,
+    );
+    let dir = TempDir::new("handover-stale");
+    let socket = dir.path("handover.sock");
+    // Left behind by a process that is gone: the file is there, nobody answers on it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let (listen, admin) = two_free_addrs();
+    let process = Process::start(
+        &dir,
+        "a",
+        &config(listen, admin, &socket, a.addr, echo.addr),
+        None,
+    );
+    ready(admin, &process).await;
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "{}",
+        process.log()
+    );
+    process.terminate().await;
+    assert!(
+        !socket.exists(),
+        "the socket file is removed at a shutdown without hand-over"
+    );
+}
