@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +28,7 @@ pub enum Kind {
     Tls,
 }
 
+/// One listener's accept loops: one per event loop, all on the same kernel socket.
 struct AcceptLoop {
     kind: Kind,
     addr: SocketAddr,
@@ -34,7 +36,7 @@ struct AcceptLoop {
     /// a stopped listener is not kept open by it.
     socket: Option<OwnedFd>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Every accept loop, the connection limit they share, and the tracker of their connections.
@@ -45,16 +47,20 @@ pub struct Frontend {
     /// Every client connection task, so shutdown can wait for in-flight requests.
     pub connections: TaskTracker,
     loops: Mutex<Vec<AcceptLoop>>,
+    /// The event loops that accept (see [`crate::workers`]); a connection runs on the loop that
+    /// accepted it.
+    event_loops: Vec<Handle>,
 }
 
 impl Frontend {
-    /// Accept loops for the given listeners, one connection limit across them (published as
-    /// `switchboard_connections_limit`; a reload cannot change it).
+    /// Accept loops for the given listeners on each of `event_loops`, one connection limit
+    /// across them (published as `switchboard_connections_limit`; a reload cannot change it).
     pub fn start(
         proxy: Arc<Proxy>,
         terminator: Option<Arc<TlsTerminator>>,
         max_connections: usize,
         listeners: [(Kind, Option<TcpListener>); 2],
+        event_loops: Vec<Handle>,
     ) -> Arc<Self> {
         let slots = ConnectionLimit::clients(max_connections, &proxy.metrics);
         let frontend = Arc::new(Frontend {
@@ -63,6 +69,7 @@ impl Frontend {
             slots,
             connections: TaskTracker::new(),
             loops: Mutex::new(Vec::new()),
+            event_loops,
         });
         for (kind, listener) in listeners {
             if let Some(listener) = listener {
@@ -82,32 +89,31 @@ impl Frontend {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let socket = listener.as_fd().try_clone_to_owned().ok();
         let stop = self.proxy.shutdown.stop_token().child_token();
-        let proxy = self.proxy.clone();
-        let tls = match kind {
-            Kind::Plain => None,
-            Kind::Tls => self.terminator.clone(),
+        let acceptor = self.acceptor(kind, &stop);
+        let tasks = match self.event_loops.as_slice() {
+            [] | [_] => vec![tokio::spawn(acceptor.run(listener, 0))],
+            loops => acceptor.run_on_each(listener, loops),
         };
-        let metrics = proxy.metrics.clone();
-        let task = tokio::spawn(listener::accept_loop(
-            listener,
-            self.slots.clone(),
-            metrics.clone(),
-            stop.clone(),
-            self.connections.clone(),
-            move |stream, peer, slot| {
-                let guard = ConnectionGuard::new(slot, metrics.connections_active.clone());
-                // Limits as configured now: a reload applies them to new connections.
-                let limits = proxy.snapshot().config.limits.clone();
-                server::serve_connection(proxy.clone(), limits, stream, peer, guard, tls.clone())
-            },
-        ));
         self.lock().push(AcceptLoop {
             kind,
             addr,
             socket,
             stop,
-            task,
+            tasks,
         });
+    }
+
+    fn acceptor(&self, kind: Kind, stop: &CancellationToken) -> Acceptor {
+        Acceptor {
+            proxy: self.proxy.clone(),
+            tls: match kind {
+                Kind::Plain => None,
+                Kind::Tls => self.terminator.clone(),
+            },
+            slots: self.slots.clone(),
+            stop: stop.clone(),
+            connections: self.connections.clone(),
+        }
     }
 
     /// Where the listener of `kind` accepts now.
@@ -168,9 +174,83 @@ impl Frontend {
 
     /// Waits until every accept loop has stopped (they stop with the shutdown's stop token).
     pub async fn stopped(&self) {
-        let tasks: Vec<JoinHandle<()>> = self.lock().drain(..).map(|l| l.task).collect();
+        let tasks: Vec<JoinHandle<()>> = self.lock().drain(..).flat_map(|l| l.tasks).collect();
         for task in tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// What one accept loop needs; cloned for each event loop.
+#[derive(Clone)]
+struct Acceptor {
+    proxy: Arc<Proxy>,
+    tls: Option<Arc<TlsTerminator>>,
+    slots: Arc<ConnectionLimit>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Acceptor {
+    /// Accepts on `listener` until stopped, serving each connection on this runtime, the event
+    /// loop numbered `event_loop`.
+    async fn run(self, listener: TcpListener, event_loop: usize) {
+        let Acceptor {
+            proxy,
+            tls,
+            slots,
+            stop,
+            connections,
+        } = self;
+        let metrics = proxy.metrics.clone();
+        let accepted = metrics
+            .connections_accepted_total
+            .with_label_values(&[&event_loop.to_string()]);
+        listener::accept_loop(
+            listener,
+            slots,
+            metrics.clone(),
+            Some(accepted),
+            stop,
+            connections,
+            move |stream, peer, slot| {
+                let guard = ConnectionGuard::new(slot, metrics.connections_active.clone());
+                // Limits as configured now: a reload applies them to new connections.
+                let limits = proxy.snapshot().config.limits.clone();
+                server::serve_connection(proxy.clone(), limits, stream, peer, guard, tls.clone())
+            },
+        )
+        .await
+    }
+
+    /// One accept loop on each of `loops`, each on its own duplicate of `listener`'s socket,
+    /// registered with that loop's reactor. A loop whose duplicate cannot be made (out of
+    /// descriptors) goes without this listener; the others still accept.
+    fn run_on_each(self, listener: TcpListener, loops: &[Handle]) -> Vec<JoinHandle<()>> {
+        let listener = match listener.into_std() {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot share a listener between event loops");
+                return Vec::new();
+            }
+        };
+        let mut tasks = Vec::with_capacity(loops.len());
+        for (index, handle) in loops.iter().enumerate() {
+            let socket = match listener.try_clone() {
+                Ok(socket) => socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, event_loop = index, "cannot duplicate a listener for an event loop");
+                    continue;
+                }
+            };
+            let acceptor = self.clone();
+            tasks.push(handle.spawn(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => acceptor.run(listener, index).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register a listener"),
+                }
+            }));
+        }
+        tasks
     }
 }

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod workers;
 
 use std::io;
 use std::sync::Arc;
@@ -94,23 +95,38 @@ pub enum RunError {
 }
 
 /// Runs switchboard until `shutdown` is triggered and the drain is over. Metrics are registered
-/// in `metrics`, which the caller may keep to read them.
+/// in `metrics`, which the caller may keep to read them. Connections are accepted and served on
+/// the calling runtime.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: Shutdown,
     metrics: Metrics,
 ) -> Result<(), RunError> {
-    run_with(config, listeners, shutdown, metrics, None).await
+    let here = vec![tokio::runtime::Handle::current()];
+    run_with(config, listeners, shutdown, metrics, here, None).await
 }
 
-/// [`run`], for a process taking the listeners over from `predecessor`
+/// [`run`], with client connections accepted and served on each of `event_loops` (see
+/// [`workers`]); everything else runs on the calling runtime.
+pub async fn run_on_loops(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    metrics: Metrics,
+    event_loops: Vec<tokio::runtime::Handle>,
+) -> Result<(), RunError> {
+    run_with(config, listeners, shutdown, metrics, event_loops, None).await
+}
+
+/// [`run_on_loops`], for a process taking the listeners over from `predecessor`
 /// ([`handover::taker::take_over`]): once it accepts on them, the predecessor is told to stop.
 pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: Shutdown,
     metrics: Metrics,
+    event_loops: Vec<tokio::runtime::Handle>,
     predecessor: Option<handover::taker::Predecessor>,
 ) -> Result<(), RunError> {
     let handover = handover::Prepared::new(&config, &listeners, predecessor.is_some())
@@ -136,6 +152,7 @@ pub async fn run_with(
             (frontend::Kind::Plain, listeners.plain),
             (frontend::Kind::Tls, listeners.tls),
         ],
+        event_loops,
     );
     let reloader = Reloader::start(proxy.clone(), terminator, frontend.clone());
     if config.path.is_some() {

@@ -47,11 +47,14 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 }
 
 /// Accepts until `stop` (the shutdown's, or a reload that moved the listener), handing each
-/// connection with its slot of `limit` to `serve`.
+/// connection with its slot of `limit` to `serve`; `accepted` counts client connections for
+/// this event loop (the admin listener's are not counted).
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limit: Arc<ConnectionLimit>,
     metrics: Metrics,
+    accepted: Option<prometheus::IntCounter>,
     stop: CancellationToken,
     connections: TaskTracker,
     serve: F,
@@ -62,18 +65,21 @@ pub async fn accept_loop<F, Fut>(
     // Set once a connection waited WAIT_AT_LIMIT in vain; cleared when a slot is taken again.
     let mut shedding = false;
     loop {
-        let accepted = tokio::select! {
+        let next = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            next = listener.accept() => next,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer) = match next {
             Ok(accepted) => accepted,
             Err(e) => {
                 accept_failed(&e, &metrics).await;
                 continue;
             }
         };
+        if let Some(accepted) = &accepted {
+            accepted.inc();
+        }
         let slot = match limit.try_take() {
             Some(slot) => slot,
             None if shedding => {

@@ -17,6 +17,7 @@ use switchboard::cli::{self, PrintError, Report, descriptors::Budget};
 use switchboard::config::{self, Config, LogFormat};
 use switchboard::logging::{self, Color};
 use switchboard::metrics::Metrics;
+use switchboard::workers::{self, RuntimeMode, Workers};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -192,7 +193,23 @@ fn serve(config: Config, logs: logging::Logging, take_over: Option<&Path>) -> Ex
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
     }
-    runtime().block_on(async {
+    let threads = config.runtime.threads();
+    let per_core = config.runtime.mode == RuntimeMode::PerCore;
+    let runtime = if per_core {
+        workers::event_loop().expect("the tokio runtime starts")
+    } else {
+        shared_runtime(threads)
+    };
+    runtime.block_on(async {
+        // The loop `run` is called on is the first; the others get threads of their own.
+        let workers = if per_core {
+            match Workers::with_extra_loops(threads - 1) {
+                Ok(workers) => workers,
+                Err(e) => return fail(format_args!("cannot start the event loops: {e}")),
+            }
+        } else {
+            Workers::current()
+        };
         let (listeners, origin) = match switchboard::handover::obtain(&config, take_over) {
             Ok(listeners) => listeners,
             Err(e) => return fail(e),
@@ -216,6 +233,8 @@ fn serve(config: Config, logs: logging::Logging, take_over: Option<&Path>) -> Ex
             version = env!("CARGO_PKG_VERSION"),
             config = %file,
             listeners = %listening,
+            runtime = config.runtime.mode.as_str(),
+            threads,
             "switchboard started"
         );
         let metrics = Metrics::new();
@@ -224,7 +243,9 @@ fn serve(config: Config, logs: logging::Logging, take_over: Option<&Path>) -> Ex
             origin.publish(&metrics);
             origin.predecessor
         });
-        match switchboard::run_with(config, listeners, shutdown, metrics, predecessor).await {
+        let loops = workers.handles();
+        match switchboard::run_with(config, listeners, shutdown, metrics, loops, predecessor).await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
@@ -259,7 +280,13 @@ fn check(path: &Path, json: bool) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
+    shared_runtime(workers::default_threads())
+}
+
+/// A work-stealing runtime with `threads` workers.
+fn shared_runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("the tokio runtime starts")

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Failed accepts by kind (`fd_limit`, `other`); the accept loop carries on after each.
     pub accept_errors_total: IntCounterVec,
+    /// Accepted client connections per event loop (`[runtime]`): how evenly the kernel spreads
+    /// them over the loops.
+    pub connections_accepted_total: IntCounterVec,
     /// Live tunnels per backend.
     pub tunnels_active: IntGaugeVec,
     /// WebSocket handshakes by outcome.
@@ -166,6 +169,14 @@ impl Metrics {
                     "Failed accepts; fd_limit means the open-files limit was reached.",
                 ),
                 &["kind"],
+            )
+            .expect("valid metric"),
+            connections_accepted_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_connections_accepted_total",
+                    "Client connections accepted, per event loop.",
+                ),
+                &["event_loop"],
             )
             .expect("valid metric"),
             tunnels_active: IntGaugeVec::new(
@@ -451,6 +462,7 @@ impl Metrics {
             Box::new(self.connections_at_limit_seconds_total.clone()),
             Box::new(self.build_info.clone()),
             Box::new(self.accept_errors_total.clone()),
+            Box::new(self.connections_accepted_total.clone()),
             Box::new(self.tunnels_active.clone()),
             Box::new(self.upgrades_total.clone()),
             Box::new(self.upgrade_duration_seconds.clone()),

@@ -186,6 +186,16 @@ impl Reloader {
                 now.limits.max_connections, next.limits.max_connections
             ));
         }
+        if now.runtime != next.runtime {
+            let show = |r: &crate::config::Runtime| {
+                format!("{} with {} threads", r.mode.as_str(), r.threads())
+            };
+            return Err(format!(
+                "error: `[runtime]` changed from {} to {}; that takes a restart",
+                show(&now.runtime),
+                show(&next.runtime)
+            ));
+        }
         Ok(())
     }
 

@@ -40,6 +40,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloa
         listener,
         slots,
         metrics,
+        None,
         stop,
         tokio_util::task::TaskTracker::new(),
         move |stream, peer, slot| {

@@ -52,6 +52,8 @@ pub struct Config {
     pub log_level: String,
     /// The access log's switches.
     pub access_log: AccessLog,
+    /// `[runtime]`: the event loops. Read at start only.
+    pub runtime: Runtime,
     /// TLS termination, if configured.
     pub tls: Option<TlsConfig>,
     /// Routes in file order; the router orders them by specificity.
@@ -76,6 +78,22 @@ impl Config {
         self.tls
             .as_ref()
             .map(|tls| tls.listen.unwrap_or(self.listen))
+    }
+}
+
+/// `[runtime]`: how connections are spread over the cores (see [`crate::workers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtime {
+    /// One loop per core (default) or one work-stealing pool.
+    pub mode: crate::workers::RuntimeMode,
+    /// Event loops or worker threads; `None`: `TOKIO_WORKER_THREADS`, else the cores.
+    pub threads: Option<usize>,
+}
+
+impl Runtime {
+    /// The threads to run.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(crate::workers::default_threads)
     }
 }
 

@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub drain: Option<RawDrain>,
     pub websocket: Option<RawWebSocket>,
     pub log: Option<RawLog>,
+    pub runtime: Option<RawRuntime>,
     pub tls: Option<RawTls>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -108,6 +109,14 @@ pub struct RawLog {
     pub access: Option<Spanned<String>>,
     pub access_query: Option<Spanned<bool>>,
     pub level: Option<Spanned<String>>,
+}
+
+/// `[runtime]`: how many event loops, and of which kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub mode: Option<Spanned<String>>,
+    pub threads: Option<Spanned<i64>>,
 }
 
 /// `[tls]`: TLS termination.

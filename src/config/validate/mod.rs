@@ -86,6 +86,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
         },
     );
     let tls = raw.tls.as_ref().map(|t| tls::tls(&check, t));
+    let runtime = runtime(&check, raw.runtime.as_ref());
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
     for (name, upstream) in &raw.upstreams {
@@ -143,6 +144,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
         log_format,
         log_level,
         access_log,
+        runtime,
         tls,
         routes,
         route_origins,
@@ -241,4 +243,48 @@ fn timeouts(check: &Checker, raw: &RawTimeouts) -> Timeouts {
         ),
         pool_idle: check.duration(&raw.pool_idle, "timeouts.pool_idle", Duration::from_secs(4)),
     }
+}
+
+/// Largest `runtime.threads`: far above any core count, low enough to catch a typo.
+const MAX_THREADS: i64 = 1024;
+
+/// `[runtime]`: `mode` ("per-core", the default, or "shared") and `threads` (1 to 1024).
+fn runtime(check: &Checker, raw: Option<&super::raw::RawRuntime>) -> super::Runtime {
+    let mut runtime = super::Runtime {
+        mode: crate::workers::RuntimeMode::PerCore,
+        threads: None,
+    };
+    let Some(raw) = raw else {
+        return runtime;
+    };
+    if let Some(mode) = &raw.mode {
+        match mode.get_ref().trim().to_ascii_lowercase().as_str() {
+            "per-core" => {}
+            "shared" => runtime.mode = crate::workers::RuntimeMode::Shared,
+            other => check.report(
+                mode.span(),
+                "runtime.mode",
+                format!("`{other}` is neither \"per-core\" nor \"shared\""),
+                Some(
+                    "write mode = \"per-core\" (one event loop per core, the default) or \
+                     mode = \"shared\" (one work-stealing pool)"
+                        .into(),
+                ),
+            ),
+        }
+    }
+    if let Some(threads) = &raw.threads {
+        let n = *threads.get_ref();
+        if (1..=MAX_THREADS).contains(&n) {
+            runtime.threads = usize::try_from(n).ok();
+        } else {
+            check.report(
+                threads.span(),
+                "runtime.threads",
+                format!("{n} threads: must be 1 to {MAX_THREADS}"),
+                Some("leave it out to run one per core".into()),
+            );
+        }
+    }
+    runtime
 }
