@@ -162,10 +162,9 @@ pub async fn run_with(
         tokio::spawn(admin::serve(admin, proxy.clone(), reloader.clone()));
     }
     let connections = frontend.connections.clone();
-    let outcome = handover
+    let giver = handover
         .finish(&config, predecessor, &frontend, &shutdown, &metrics)
-        .await
-        .map_err(RunError::TakeOver);
+        .await;
 
     shutdown.drain_token().cancelled().await;
     // The config in force now (a reload may have changed the shutdown settings).
@@ -220,7 +219,15 @@ pub async fn run_with(
     })
     .await;
     tracing::info!("shutdown complete");
-    outcome
+    match giver {
+        // It stops serving the hand-over socket (and removes its file) at the drain.
+        Ok(Some(giver)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), giver).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(RunError::TakeOver(e)),
+    }
 }
 
 /// Asks every tunnel to close with `drain.close_code`, spread over `drain.spread` but so that

@@ -42,7 +42,7 @@ impl Prepared {
 
     /// Once this process accepts: tells the `predecessor` to stop (an error: it stopped waiting
     /// and keeps serving, so this process hands over at once and exits), then serves the
-    /// hand-over socket for the next upgrade.
+    /// hand-over socket for the next upgrade: the task doing so, to wait for at the end.
     pub async fn finish(
         self,
         config: &Config,
@@ -50,7 +50,7 @@ impl Prepared {
         frontend: &std::sync::Arc<crate::frontend::Frontend>,
         shutdown: &crate::Shutdown,
         metrics: &crate::metrics::Metrics,
-    ) -> Result<(), String> {
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
         if let Some(predecessor) = predecessor {
             let pid = predecessor.pid();
             if let Err(e) = predecessor.ready().await {
@@ -64,7 +64,7 @@ impl Prepared {
             );
         }
         let Some(path) = &config.handover_socket else {
-            return Ok(());
+            return Ok(None);
         };
         let socket = match self.socket {
             Some(socket) => socket,
@@ -73,7 +73,7 @@ impl Prepared {
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e,
                         "cannot serve admin.handover_socket: no take-over of this process is possible");
-                    return Ok(());
+                    return Ok(None);
                 }
             },
         };
@@ -83,7 +83,6 @@ impl Prepared {
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(giver::serve(socket, giver));
-        Ok(())
+        Ok(Some(tokio::spawn(giver::serve(socket, giver))))
     }
 }
