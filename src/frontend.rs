@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
@@ -32,6 +33,9 @@ pub enum Kind {
 struct AcceptLoop {
     kind: Kind,
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for a hand-over; dropped with the loop's entry, so
+    /// a stopped listener is not kept open by it.
+    socket: Option<OwnedFd>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,6 +88,7 @@ impl Frontend {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let socket = listener.as_fd().try_clone_to_owned().ok();
         let stop = self.proxy.shutdown.stop_token().child_token();
         let acceptor = self.acceptor(kind, &stop);
         let tasks = match self.event_loops.as_slice() {
@@ -93,6 +98,7 @@ impl Frontend {
         self.lock().push(AcceptLoop {
             kind,
             addr,
+            socket,
             stop,
             tasks,
         });
@@ -114,6 +120,20 @@ impl Frontend {
     /// Where the listener of `kind` accepts now.
     pub fn address(&self, kind: Kind) -> Option<SocketAddr> {
         self.lock().iter().find(|l| l.kind == kind).map(|l| l.addr)
+    }
+
+    /// Duplicates of the listening sockets accepting now, each with its kind and address, for a
+    /// new process taking the listeners over ([`crate::handover`]).
+    pub fn sockets(&self) -> io::Result<Vec<(Kind, SocketAddr, OwnedFd)>> {
+        self.lock()
+            .iter()
+            .map(|l| {
+                let socket = l.socket.as_ref().ok_or_else(|| {
+                    io::Error::other(format!("no duplicate of the {} listener", l.addr))
+                })?;
+                Ok((l.kind, l.addr, socket.try_clone()?))
+            })
+            .collect()
     }
 
     /// Binds `addr` for the listener of `kind`, without starting it: a reload binds every
@@ -142,6 +162,14 @@ impl Frontend {
         for old in old {
             tracing::info!(from = %old.addr, "listener moved; the old address stops accepting");
             old.stop.cancel();
+        }
+    }
+
+    /// Stops every accept loop now, before the shutdown's stop token (after a hand-over, the new
+    /// process accepts on the same sockets).
+    pub fn stop_accepting(&self) {
+        for l in self.lock().iter() {
+            l.stop.cancel();
         }
     }
 

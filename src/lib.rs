@@ -14,6 +14,7 @@ pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod frontend;
+pub mod handover;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -42,6 +43,10 @@ use tls::server::TlsTerminator;
 
 /// How long to wait for tasks to wind down after the force token, before returning anyway.
 const FORCE_WAIT: Duration = Duration::from_secs(5);
+
+/// After a hand-over, how long connections accepted in the last moment have to send their
+/// first request before idle connections are closed (a second signal skips it).
+const HANDOVER_SETTLE: Duration = Duration::from_secs(2);
 
 /// Already-bound sockets for [`run`].
 pub struct Listeners {
@@ -82,6 +87,12 @@ pub enum RunError {
     /// rustls refused the server configuration.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// `admin.handover_socket` cannot be served.
+    #[error("`admin.handover_socket`: {0}")]
+    HandoverSocket(std::io::Error),
+    /// The process being taken over stopped waiting and keeps serving; this one drained.
+    #[error("--take-over: {0}")]
+    TakeOver(String),
 }
 
 /// Runs switchboard until `shutdown` is triggered and the drain is over. Metrics are registered
@@ -94,7 +105,7 @@ pub async fn run(
     metrics: Metrics,
 ) -> Result<(), RunError> {
     let here = vec![tokio::runtime::Handle::current()];
-    run_on_loops(config, listeners, shutdown, metrics, here).await
+    run_with(config, listeners, shutdown, metrics, here, None).await
 }
 
 /// [`run`], with client connections accepted and served on each of `event_loops` (see
@@ -106,6 +117,21 @@ pub async fn run_on_loops(
     metrics: Metrics,
     event_loops: Vec<tokio::runtime::Handle>,
 ) -> Result<(), RunError> {
+    run_with(config, listeners, shutdown, metrics, event_loops, None).await
+}
+
+/// [`run_on_loops`], for a process taking the listeners over from `predecessor`
+/// ([`handover::taker::take_over`]): once it accepts on them, the predecessor is told to stop.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    metrics: Metrics,
+    event_loops: Vec<tokio::runtime::Handle>,
+    predecessor: Option<handover::taker::Predecessor>,
+) -> Result<(), RunError> {
+    let handover = handover::Prepared::new(&config, &listeners, predecessor.is_some())
+        .map_err(RunError::HandoverSocket)?;
     let proxy = Arc::new(Proxy::new(
         config.clone(),
         metrics.clone(),
@@ -137,18 +163,36 @@ pub async fn run_on_loops(
         tokio::spawn(admin::serve(admin, proxy.clone(), reloader.clone()));
     }
     let connections = frontend.connections.clone();
+    let giver = handover
+        .finish(&config, predecessor, &frontend, &shutdown, &metrics)
+        .await;
 
     shutdown.drain_token().cancelled().await;
     // The config in force now (a reload may have changed the shutdown settings).
     let config = proxy.snapshot().config.clone();
     let grace_end = tokio::time::Instant::now() + config.timeouts.shutdown_grace;
-    tracing::info!(
-        delay_s = config.timeouts.shutdown_delay.as_secs_f64(),
-        "draining: /readyz answers 503; still accepting for timeouts.shutdown_delay"
-    );
+    // After a hand-over the listening sockets stay open in the new process: accepting stops at
+    // once, but idle connections are closed only after HANDOVER_SETTLE, since one accepted a
+    // moment ago may not have sent its request yet and would be closed unanswered.
+    let handed_over = shutdown.handed_over_token().is_cancelled();
+    let pause = if handed_over {
+        frontend.stop_accepting();
+        tracing::info!(
+            settle_s = HANDOVER_SETTLE.as_secs_f64(),
+            "handed over: stopped accepting (the new process accepts on the same sockets)"
+        );
+        HANDOVER_SETTLE
+    } else {
+        tracing::info!(
+            delay_s = config.timeouts.shutdown_delay.as_secs_f64(),
+            "draining: /readyz answers 503; still accepting for timeouts.shutdown_delay"
+        );
+        config.timeouts.shutdown_delay
+    };
     tokio::select! {
-        _ = tokio::time::sleep(config.timeouts.shutdown_delay) => {}
+        _ = tokio::time::sleep(pause) => {}
         _ = shutdown.hurry_token().cancelled() => {}
+        _ = shutdown.handed_over_token().cancelled(), if !handed_over => {}
     }
     shutdown.stop_token().cancel();
     frontend.stopped().await;
@@ -176,7 +220,15 @@ pub async fn run_on_loops(
     })
     .await;
     tracing::info!("shutdown complete");
-    Ok(())
+    match giver {
+        // It stops serving the hand-over socket (and removes its file) at the drain.
+        Ok(Some(giver)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), giver).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(RunError::TakeOver(e)),
+    }
 }
 
 /// Asks every tunnel to close with `drain.close_code`, spread over `drain.spread` but so that

@@ -12,12 +12,12 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use switchboard::Shutdown;
 use switchboard::cli::{self, PrintError, Report, descriptors::Budget};
 use switchboard::config::{self, Config, LogFormat};
 use switchboard::logging::{self, Color};
 use switchboard::metrics::Metrics;
 use switchboard::workers::{self, RuntimeMode, Workers};
-use switchboard::{Listeners, Shutdown};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -25,7 +25,9 @@ Examples:
   switchboard -t -c /etc/switchboard.toml         check the config (as nginx -t); exit 0 or 1
   switchboard check --json | jq .upstreams        the same, for tools
   switchboard --print-default-config > switchboard.toml
-  SWITCHBOARD_CONFIG=/etc/switchboard.toml switchboard";
+  SWITCHBOARD_CONFIG=/etc/switchboard.toml switchboard
+  switchboard -c /etc/switchboard.toml --take-over /run/switchboard/handover.sock
+                                                  upgrade: take the listeners over from the running one";
 
 /// A WebSocket-aware reverse proxy and load balancer.
 #[derive(Parser)]
@@ -50,6 +52,10 @@ struct Cli {
     /// Print the commented reference config (every key, its default and why) and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Take the listening sockets over from the switchboard serving this hand-over socket (its
+    /// `[admin] handover_socket`); it stops accepting once this one accepts, then drains.
+    #[arg(long, value_name = "PATH")]
+    take_over: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -105,6 +111,9 @@ fn main() -> ExitCode {
         return finish(printed, ExitCode::SUCCESS);
     }
     match cli.command {
+        Some(_) if cli.take_over.is_some() => {
+            usage_error("--take-over starts a server; run it without a command")
+        }
         Some(Command::Check { json }) => check(&cli.config, json),
         Some(Command::Demo { listen }) => {
             if given(&matches, "demo", "config") {
@@ -137,7 +146,7 @@ fn main() -> ExitCode {
                 color,
                 access: config.access_log.enabled,
             });
-            serve(config, logs)
+            serve(config, logs, cli.take_over.as_deref())
         }
     }
 }
@@ -173,7 +182,7 @@ fn finish(printed: Result<(), PrintError>, code: ExitCode) -> ExitCode {
     }
 }
 
-fn serve(config: Config, logs: logging::Logging) -> ExitCode {
+fn serve(config: Config, logs: logging::Logging, take_over: Option<&Path>) -> ExitCode {
     match switchboard::listener::raise_fd_limit() {
         Ok((soft, hard)) => {
             let budget = Budget::of(&config);
@@ -201,7 +210,7 @@ fn serve(config: Config, logs: logging::Logging) -> ExitCode {
         } else {
             Workers::current()
         };
-        let listeners = match Listeners::bind(&config) {
+        let (listeners, origin) = match switchboard::handover::obtain(&config, take_over) {
             Ok(listeners) => listeners,
             Err(e) => return fail(e),
         };
@@ -230,8 +239,12 @@ fn serve(config: Config, logs: logging::Logging) -> ExitCode {
         );
         let metrics = Metrics::new();
         metrics.watch_log_writer(logs.dropped.clone());
-        match switchboard::run_on_loops(config, listeners, shutdown, metrics, workers.handles())
-            .await
+        let predecessor = origin.and_then(|origin| {
+            origin.publish(&metrics);
+            origin.predecessor
+        });
+        let loops = workers.handles();
+        match switchboard::run_with(config, listeners, shutdown, metrics, loops, predecessor).await
         {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -122,6 +122,10 @@ pub struct Metrics {
     pub tls_cert_not_after_seconds: IntGaugeVec,
     /// Certificate reloads from disk by outcome.
     pub tls_cert_reloads_total: IntCounterVec,
+    /// Take-overs asked of this process on `admin.handover_socket`, by result.
+    pub handovers_total: IntCounterVec,
+    /// 1 for each listener this process was given instead of binding it (hand-over, systemd).
+    pub listeners_inherited: IntGaugeVec,
 }
 
 impl Metrics {
@@ -434,6 +438,22 @@ impl Metrics {
                 &["cert", "outcome"],
             )
             .expect("valid metric"),
+            handovers_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_handovers_total",
+                    "Take-overs asked of this process on admin.handover_socket: ok (the listeners went to the new process), failed (it did not get ready; this one keeps serving), refused.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            listeners_inherited: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_listeners_inherited",
+                    "1 for each listener taken from a previous process (source=handover) or from systemd (source=systemd) instead of bound.",
+                ),
+                &["listener", "source"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.build_info
@@ -497,6 +517,8 @@ impl Metrics {
             Box::new(self.tls_alpn_total.clone()),
             Box::new(self.tls_cert_not_after_seconds.clone()),
             Box::new(self.tls_cert_reloads_total.clone()),
+            Box::new(self.handovers_total.clone()),
+            Box::new(self.listeners_inherited.clone()),
         ]
     }
 

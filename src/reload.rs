@@ -135,7 +135,7 @@ impl Reloader {
     }
 
     /// What a running process cannot take from a new config: a listener added or removed (TLS
-    /// switched on or off), or a moved admin listener.
+    /// switched on or off), a moved admin listener, or a moved hand-over socket.
     fn check_fixed(&self, next: &Config) -> Result<(), String> {
         let running = self.proxy.snapshot();
         let now = &running.config;
@@ -161,6 +161,18 @@ impl Reloader {
         }
         if now.admin != next.admin {
             return restart("admin.listen", show(now.admin), show(next.admin));
+        }
+        if now.handover_socket != next.handover_socket {
+            let show = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map_or("none".to_owned(), |p| p.display().to_string())
+            };
+            return Err(format!(
+                "error: `admin.handover_socket` changed from {} to {}; that takes a restart (or a take-over: `switchboard --take-over {}`)",
+                show(&now.handover_socket),
+                show(&next.handover_socket),
+                show(&now.handover_socket),
+            ));
         }
         if now.limits.max_tunnels != next.limits.max_tunnels {
             return Err(format!(

@@ -7,22 +7,63 @@
 //! `drain.spread`). `hurry` (a second signal): skip the delay and the spread. `force` (the end of
 //! `timeouts.shutdown_grace`): whatever is left is cut. Every connection task watches these
 //! tokens and every tunnel is in the registry, so nothing is forgotten.
+//!
+//! `hand_over` (a new process took the listeners over, see [`crate::handover`]): the drain
+//! starts without the delay, since the listening sockets stay open in the new process and no
+//! load balancer needs time to look elsewhere; the admin listener stops accepting too, so probes
+//! and scrapes reach the new process only. Tunnels are still closed spread over `drain.spread`.
 
 use tokio_util::sync::CancellationToken;
 
 /// The shutdown tokens, cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Shutdown {
     drain: CancellationToken,
     stop: CancellationToken,
     hurry: CancellationToken,
     force: CancellationToken,
+    handed_over: CancellationToken,
+    /// A child of `force`, cancelled early by a hand-over.
+    admin_stop: CancellationToken,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        let force = CancellationToken::new();
+        Shutdown {
+            drain: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            hurry: CancellationToken::new(),
+            admin_stop: force.child_token(),
+            force,
+            handed_over: CancellationToken::new(),
+        }
+    }
 }
 
 impl Shutdown {
     /// Fresh tokens, none cancelled.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Starts a graceful shutdown because another process now accepts on the listeners: no
+    /// `timeouts.shutdown_delay`, and the admin listener stops accepting at once.
+    pub fn hand_over(&self) {
+        self.handed_over.cancel();
+        self.admin_stop.cancel();
+        self.drain.cancel();
+    }
+
+    /// Cancelled by [`Shutdown::hand_over`].
+    pub fn handed_over_token(&self) -> &CancellationToken {
+        &self.handed_over
+    }
+
+    /// Cancelled when the admin listener stops accepting: at the end of the grace period, or at
+    /// once after a hand-over.
+    pub fn admin_stop_token(&self) -> &CancellationToken {
+        &self.admin_stop
     }
 
     /// Starts a graceful shutdown (what SIGTERM does).

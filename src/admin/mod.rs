@@ -30,10 +30,10 @@ const ADMIN_CONNECTIONS: usize = 64;
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the admin endpoints until the force token is cancelled (they stay up while
-/// draining). The same accept loop as the proxy's: it survives its own errors and backs off when
+/// draining), or until a hand-over gave the admin listener to a new process. The same accept loop as the proxy's: it survives its own errors and backs off when
 /// descriptors run out, never spins.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloader>) {
-    let force = proxy.shutdown.force_token().clone();
+    let stop = proxy.shutdown.admin_stop_token().clone();
     let slots = crate::listener::limit::ConnectionLimit::uncounted(ADMIN_CONNECTIONS);
     let metrics = proxy.metrics.clone();
     crate::listener::accept_loop(
@@ -41,7 +41,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, reloader: Arc<Reloa
         slots,
         metrics,
         None,
-        force,
+        stop,
         tokio_util::task::TaskTracker::new(),
         move |stream, peer, slot| {
             let (proxy, reloader) = (proxy.clone(), reloader.clone());

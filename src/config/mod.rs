@@ -40,6 +40,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// The bearer token every `/admin/*` endpoint then requires (read from `admin.token_file`).
     pub admin_token: Option<String>,
+    /// `admin.handover_socket`: the Unix socket where a new process started with `--take-over`
+    /// gets the listening sockets ([`crate::handover`]); changing it takes a restart.
+    pub handover_socket: Option<PathBuf>,
     /// Front-end protection limits.
     pub limits: Limits,
     /// Timeouts for each phase of the data path.

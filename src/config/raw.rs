@@ -39,12 +39,14 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
 }
 
-/// `[admin]`: the metrics and health listener, and the file holding the `/admin/*` token.
+/// `[admin]`: the metrics and health listener, the file holding the `/admin/*` token, and the
+/// Unix socket a new process takes the listeners over from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
     pub token_file: Option<Spanned<String>>,
+    pub handover_socket: Option<Spanned<String>>,
 }
 
 /// `[limits]`: protection of the front end. The per-address limits are a number or `"off"`,

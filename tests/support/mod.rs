@@ -10,6 +10,7 @@ pub mod backends;
 pub mod clients;
 pub mod dashboard;
 pub mod prometheus;
+pub mod process;
 pub mod session;
 pub mod tls;
 

@@ -1,5 +1,9 @@
 //! `[admin]`: the bearer token of the `/admin/*` endpoints, read from `token_file` now so a
-//! missing or empty file stops the start instead of leaving the endpoints open.
+//! missing or empty file stops the start instead of leaving the endpoints open; and the
+//! hand-over socket's path, checked now so that a take-over does not fail for want of a
+//! directory when it is needed.
+
+use std::path::{Path, PathBuf};
 
 use super::Checker;
 use crate::config::ConfigError;
@@ -44,4 +48,54 @@ pub(super) fn token(check: &Checker, raw: &RawAdmin) -> Result<Option<String>, C
         );
     }
     Ok(Some(token.to_owned()))
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `admin.handover_socket`, `None` without the key.
+pub(super) fn handover_socket(
+    check: &Checker,
+    raw: &RawAdmin,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let key = "admin.handover_socket";
+    let Some(value) = &raw.handover_socket else {
+        return Ok(None);
+    };
+    let path = value.get_ref();
+    if path.is_empty() {
+        return check.error(
+            value.span(),
+            key,
+            "the path is empty",
+            Some("e.g. \"/run/switchboard/handover.sock\", or leave the key out".into()),
+        );
+    }
+    if path.len() > MAX_SOCKET_PATH {
+        return check.error(
+            value.span(),
+            key,
+            format!(
+                "`{path}` is {} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                path.len()
+            ),
+            Some("use a shorter path, e.g. under /run/switchboard/".into()),
+        );
+    }
+    let dir = match Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return check.error(
+            value.span(),
+            key,
+            format!("the directory `{}` does not exist", dir.display()),
+            Some(
+                "create it, writable only by switchboard's user (systemd: RuntimeDirectory=switchboard)"
+                    .into(),
+            ),
+        );
+    }
+    Ok(Some(PathBuf::from(path)))
 }

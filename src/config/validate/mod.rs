@@ -42,12 +42,13 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
     let check = Checker::new(src, origin);
     let listen = check.or(check.addr(&raw.listen, "listen"), UNUSABLE_ADDR);
     let (proxy_protocol, trusted_proxies) = proxy_protocol::listener(&check, &raw);
-    let (admin, admin_token) = match &raw.admin {
+    let (admin, admin_token, handover_socket) = match &raw.admin {
         Some(admin) => (
             check.keep(check.addr(&admin.listen, "admin.listen")),
             check.or(admin::token(&check, admin), None),
+            check.or(admin::handover_socket(&check, admin), None),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     let limits = limits(&check, raw.limits.as_ref().unwrap_or(&RawLimits::default()));
     let timeouts = timeouts(
@@ -139,6 +140,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
         trusted_proxies,
         admin,
         admin_token,
+        handover_socket,
         limits,
         timeouts,
         drain,
