@@ -49,6 +49,8 @@ pub struct Proxy {
     pub registry: Arc<tunnel::TunnelRegistry>,
     /// Every backend, carried from snapshot to snapshot.
     pub backends: BackendRegistry,
+    /// What the `dns:` servers resolved to last; each snapshot's balancers include it.
+    pub discovered: crate::discovery::Discovered,
     /// Pooled backend clients by TLS settings and connect timeout, so a reload keeps warm pools.
     pools: Mutex<HashMap<snapshot::PoolKey, http::BackendClient>>,
     /// Drain and force tokens.
@@ -70,14 +72,23 @@ impl Proxy {
         let registry = Arc::new(tunnel::TunnelRegistry::default());
         let tunnel_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_tunnels));
         let backends = BackendRegistry::default();
+        let discovered = crate::discovery::Discovered::default();
         let mut pools = HashMap::new();
-        let (first, _) = Snapshot::build(config, &backends, &mut pools, &registry, &metrics);
+        let (first, _) = Snapshot::build(
+            config,
+            &backends,
+            &discovered,
+            &mut pools,
+            &registry,
+            &metrics,
+        );
         Proxy {
             metrics,
             tunnels: TaskTracker::new(),
             registry,
             tunnel_slots,
             backends,
+            discovered,
             pools: Mutex::new(pools),
             shutdown,
             snapshot: ArcSwap::from_pointee(first),
@@ -94,8 +105,9 @@ impl Proxy {
     /// Builds a snapshot for `config` and swaps it in. Returns the backends that joined, and
     /// those that left (no longer configured: the caller drains them).
     pub fn apply(&self, config: Config) -> snapshot::Applied {
+        self.discovered.retain(&config);
         let (next, joined) = self.build(config);
-        let left = self.backends.remove_absent(&next.config);
+        let left = self.backends.remove_absent(&next.balancers);
         self.snapshot.store(Arc::new(next));
         snapshot::Applied { joined, left }
     }
@@ -131,6 +143,7 @@ impl Proxy {
         Snapshot::build(
             config,
             &self.backends,
+            &self.discovered,
             &mut pools,
             &self.registry,
             &self.metrics,

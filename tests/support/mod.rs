@@ -8,6 +8,7 @@
 
 pub mod backends;
 pub mod clients;
+pub mod dns;
 pub mod session;
 pub mod tls;
 
