@@ -260,6 +260,45 @@ async fn a_vanished_record_is_drained_with_a_close_frame() {
 }
 
 #[tokio::test]
+async fn a_record_back_before_its_drain_timeout_keeps_its_tunnels() {
+    let (port, _backends) = backends_on_one_port(&["a", "b"]).await;
+    let dns = DnsResponder::start(NAME, &[ip(1), ip(2)]).await;
+    // Long enough that the record is back well before the drain would close anything.
+    let body = config(&dns, port, "round-robin").replace("timeout = \"100ms\"", "timeout = \"1h\"");
+    let sb = Switchboard::start(&body).await;
+    wait_for_set(&sb, port, &[1, 2]).await;
+    let mut held = Vec::new();
+    for k in 0..2 {
+        held.push(connect(&sb, k).await);
+    }
+    let b = format!("{}:{port}", ip(2));
+    let entries = |upstreams: serde_json::Value| -> Vec<serde_json::Value> {
+        upstreams["upstreams"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["addr"] == b.as_str())
+            .cloned()
+            .collect()
+    };
+
+    dns.set_records(&[ip(1)]);
+    wait_for_set(&sb, port, &[1]).await;
+    assert_eq!(entries(sb.upstreams().await)[0]["state"], "draining");
+    dns.set_records(&[ip(1), ip(2)]);
+    wait_for_set(&sb, port, &[1, 2]).await;
+    // One backend b, the same one: it still counts its tunnel, and is not draining.
+    let now = entries(sb.upstreams().await);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0]["tunnels"], 1, "{now:?}");
+    assert_ne!(now[0]["state"], "draining");
+    for (ws, _) in &mut held {
+        echo(ws, "still here").await;
+    }
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_or_empty_answer_keeps_the_last_good_set() {
     let (port, _backends) = backends_on_one_port(&["a", "b"]).await;
     let dns = DnsResponder::start(NAME, &[ip(1), ip(2)]).await;

@@ -65,6 +65,18 @@ impl BackendRegistry {
             .collect()
     }
 
+    /// Puts a removed `backend` of `upstream` back, unless one of its name was made meanwhile;
+    /// true if it is back.
+    pub fn revive(&self, upstream: &str, backend: &Arc<Backend>) -> bool {
+        let mut map = self.lock();
+        let key = (upstream.to_owned(), backend.name.clone());
+        if map.contains_key(&key) {
+            return false;
+        }
+        map.insert(key, backend.clone());
+        true
+    }
+
     /// The backend `name` of `upstream`.
     pub fn find(&self, upstream: &str, name: &str) -> Option<Arc<Backend>> {
         self.lock()

@@ -106,6 +106,7 @@ impl Proxy {
     /// those that left (no longer configured: the caller drains them).
     pub fn apply(&self, config: Config) -> snapshot::Applied {
         self.discovered.retain(&config);
+        self.revive_leaving(&config);
         let (next, joined) = self.build(config);
         let left = self.backends.remove_absent(&next.balancers);
         self.snapshot.store(Arc::new(next));
@@ -127,6 +128,28 @@ impl Proxy {
         if self.backends.find(upstream, &backend.name).is_none() {
             self.metrics.remove_backend(upstream, &backend.name);
         }
+    }
+
+    /// Takes back the removed backends that `config` has again (a record that came back to a
+    /// DNS answer, a server re-added) while they drain: undrained, they keep their tunnels,
+    /// counts and metric series, as a backend undrained before its drain timeout does.
+    fn revive_leaving(&self, config: &Config) {
+        self.lock_leaving().retain(|(upstream, backend)| {
+            let Some(u) = config.upstreams.iter().find(|u| u.name == *upstream) else {
+                return true;
+            };
+            let listed = self
+                .discovered
+                .servers_of(u)
+                .servers
+                .iter()
+                .any(|s| s.name == backend.name && s.addr == backend.addr);
+            if !listed || !self.backends.revive(upstream, backend) {
+                return true;
+            }
+            crate::drain::stop(upstream, backend);
+            false
+        });
     }
 
     /// Removed backends still draining, with their upstream names.
