@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod drain;
 pub mod error;
 pub mod frontend;

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub health_checks_total: IntCounterVec,
     /// Config reloads by result.
     pub config_reloads_total: IntCounterVec,
+    /// Lookups of `dns:` servers by upstream and result (ok, empty, error).
+    pub dns_resolutions_total: IntCounterVec,
     /// When the config was last loaded successfully, seconds since the epoch.
     pub config_last_reload_success_timestamp_seconds: IntGauge,
     /// Live tunnels on draining backends.
@@ -347,6 +349,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            dns_resolutions_total: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_dns_resolutions_total",
+                    "Lookups of dns: servers by upstream and result: ok, empty (NXDOMAIN or no records), error; empty and error keep the backends found last.",
+                ),
+                &["upstream", "result"],
+            )
+            .expect("valid metric"),
             config_last_reload_success_timestamp_seconds: IntGauge::new(
                 "switchboard_config_last_reload_success_timestamp_seconds",
                 "When the running config was loaded (at start or by the last good reload), Unix time.",
@@ -506,6 +516,7 @@ impl Metrics {
             Box::new(self.backend_state.clone()),
             Box::new(self.health_checks_total.clone()),
             Box::new(self.config_reloads_total.clone()),
+            Box::new(self.dns_resolutions_total.clone()),
             Box::new(self.config_last_reload_success_timestamp_seconds.clone()),
             Box::new(self.tunnels_draining.clone()),
             Box::new(self.upgrades_rejected_total.clone()),

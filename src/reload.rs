@@ -4,10 +4,10 @@
 //! routes, upstreams, limits, timeouts and TLS certificates apply to new connections at once,
 //! established tunnels and in-flight requests keep what they started with, backends keep their
 //! counts and health, removed backends are drained politely, and health checks restart on the
-//! new backend set.
+//! new backend set. DNS discovery takes the same road ([`Reloader::rediscover`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,14 +16,22 @@ use crate::frontend::{Frontend, Kind};
 use crate::proxy::Proxy;
 use crate::tls::server::TlsTerminator;
 
+mod rediscover;
+
 /// Applies configs to a running switchboard, one at a time.
 pub struct Reloader {
     proxy: Arc<Proxy>,
     terminator: Option<Arc<TlsTerminator>>,
     frontend: Arc<Frontend>,
     path: Option<PathBuf>,
-    /// Held while a reload runs (reloads never overlap); stops the tasks tied to one config.
+    /// Held while a reload (or a DNS update) runs, so there is one writer; stops the tasks tied
+    /// to one config.
     running: tokio::sync::Mutex<CancellationToken>,
+    /// Stops the health checks of the backend set now in force (a child of the config's
+    /// token): a DNS update changes the set without changing the config.
+    checks: std::sync::Mutex<CancellationToken>,
+    /// This reloader, for the tasks it starts that write through it (DNS discovery).
+    me: Weak<Reloader>,
 }
 
 impl Reloader {
@@ -36,12 +44,14 @@ impl Reloader {
         frontend: Arc<Frontend>,
     ) -> Arc<Self> {
         let path = proxy.snapshot().config.path.clone();
-        let reloader = Arc::new(Reloader {
+        let reloader = Arc::new_cyclic(|me| Reloader {
             proxy,
             terminator,
             frontend,
             path,
             running: tokio::sync::Mutex::new(CancellationToken::new()),
+            checks: std::sync::Mutex::new(CancellationToken::new()),
+            me: me.clone(),
         });
         let stop = reloader
             .running
@@ -122,16 +132,35 @@ impl Reloader {
         for (kind, listener) in moved {
             self.frontend.replace(kind, listener);
         }
+        self.settle(applied, true);
+        let stop = CancellationToken::new();
+        self.start_tasks(&stop);
+        Ok(stop)
+    }
+
+    /// What follows a new backend set: joined backends ramp in (slow start) if `ramp`, removed
+    /// ones are drained politely.
+    fn settle(&self, applied: crate::proxy::snapshot::Applied, ramp: bool) {
         for backend in &applied.joined {
             tracing::info!(backend = %backend.name, "backend joined");
-            backend.start_ramp();
+            if ramp {
+                backend.start_ramp();
+            }
         }
         for (upstream, backend) in applied.left {
             crate::drain::start(&self.proxy, &upstream, backend, true);
         }
-        let stop = CancellationToken::new();
-        self.start_tasks(&stop);
-        Ok(stop)
+    }
+
+    /// Restarts the health checks on the backend set now in force, under the config's `stop`.
+    fn restart_checks(&self, stop: &CancellationToken) {
+        let token = stop.child_token();
+        let old = std::mem::replace(
+            &mut *self.checks.lock().unwrap_or_else(|e| e.into_inner()),
+            token.clone(),
+        );
+        old.cancel();
+        start_health_checks(&self.proxy, &self.proxy.snapshot(), &token);
     }
 
     /// What a running process cannot take from a new config: a listener added or removed (TLS
@@ -214,10 +243,18 @@ impl Reloader {
                 }
             });
         }
-        start_health_checks(&self.proxy, &snap, stop);
+        self.restart_checks(stop);
         for (i, upstream) in snap.config.upstreams.iter().enumerate() {
             if upstream.rebalance_skew.is_some() {
                 tokio::spawn(crate::rebalance::run(self.proxy.clone(), i, stop.clone()));
+            }
+            if !upstream.dns.is_empty() {
+                tokio::spawn(crate::discovery::run(
+                    self.me.clone(),
+                    self.proxy.clone(),
+                    i,
+                    stop.clone(),
+                ));
             }
         }
     }

@@ -566,6 +566,8 @@ pub(crate) mod tests {
             hash_key: (balance == Balance::StickyHash).then_some(HashKeySpec::Ip),
             load_factor: None,
             tls: None,
+            dns: Vec::new(),
+            resolve_interval: Duration::from_secs(10),
             slow_start: Duration::ZERO,
             upgrade_pacing: None,
             rebalance_skew: None,

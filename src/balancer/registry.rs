@@ -1,12 +1,13 @@
-//! Backends outlive configs: each is keyed by (upstream, server as written) and carried into
+//! Backends outlive configs: each is keyed by (upstream, server as written, or the address a
+//! `dns:` server resolved to) and carried into
 //! every snapshot a reload builds, so its live count, leases, health and drain state stay true
 //! across reloads. Touched only when a config is applied and by the admin API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::Backend;
-use crate::config::{Config, Upstream};
+use super::{Backend, Balancer};
+use crate::config::Upstream;
 use crate::metrics::Metrics;
 
 /// Every configured backend of the process.
@@ -48,20 +49,32 @@ impl BackendRegistry {
         (backends, joined)
     }
 
-    /// Takes out the backends that `config` no longer has, with their upstream names.
-    pub fn remove_absent(&self, config: &Config) -> Vec<(String, Arc<Backend>)> {
+    /// Takes out the backends that none of `balancers` (a new snapshot's) has, with their
+    /// upstream names: removed from the config, or gone from a `dns:` server's answer.
+    pub fn remove_absent(&self, balancers: &[Balancer]) -> Vec<(String, Arc<Backend>)> {
         let mut map = self.lock();
         let keep = |upstream: &str, name: &str| {
-            config
-                .upstreams
+            balancers
                 .iter()
-                .any(|u| u.name == upstream && u.servers.iter().any(|s| s.name == name))
+                .any(|b| b.name == upstream && b.backends().iter().any(|s| s.name == name))
         };
         let gone: Vec<(String, String)> =
             map.keys().filter(|(u, n)| !keep(u, n)).cloned().collect();
         gone.into_iter()
             .filter_map(|key| map.remove(&key).map(|b| (key.0, b)))
             .collect()
+    }
+
+    /// Puts a removed `backend` of `upstream` back, unless one of its name was made meanwhile;
+    /// true if it is back.
+    pub fn revive(&self, upstream: &str, backend: &Arc<Backend>) -> bool {
+        let mut map = self.lock();
+        let key = (upstream.to_owned(), backend.name.clone());
+        if map.contains_key(&key) {
+            return false;
+        }
+        map.insert(key, backend.clone());
+        true
     }
 
     /// The backend `name` of `upstream`.

@@ -93,6 +93,8 @@ pub struct UpstreamReport {
     pub tls: Option<BackendTlsReport>,
     /// The backends in file order.
     pub servers: Vec<ServerReport>,
+    /// The `dns:NAME:PORT` servers in file order, and how often they are looked up.
+    pub dns: Option<DnsReport>,
     /// Slow-start ramp, e.g. `"30s"`; `"0s"`: off.
     pub slow_start: String,
     /// `max_upgrades_per_second` and `upgrade_burst`.
@@ -121,6 +123,15 @@ pub struct ServerReport {
     pub resolved: String,
     /// Relative share, 1 by default.
     pub weight: u32,
+}
+
+/// The `dns:` servers of an upstream: every A/AAAA record of each is a backend.
+#[derive(Debug, Serialize)]
+pub struct DnsReport {
+    /// Each server as written, e.g. `dns:chat.default.svc.cluster.local:9000`.
+    pub servers: Vec<String>,
+    /// `resolve_interval`, e.g. `"10s"` (the answer's TTL is a floor on it).
+    pub resolve_interval: String,
 }
 
 /// Per-backend upgrade pacing.
@@ -243,6 +254,10 @@ fn upstream(upstream: &crate::config::Upstream) -> UpstreamReport {
                 weight: server.weight,
             })
             .collect(),
+        dns: (!upstream.dns.is_empty()).then(|| DnsReport {
+            servers: upstream.dns.iter().map(|d| d.spec.clone()).collect(),
+            resolve_interval: duration(upstream.resolve_interval),
+        }),
         slow_start: duration(upstream.slow_start),
         upgrade_pacing: upstream.upgrade_pacing.map(|(rate, burst)| PacingReport {
             max_upgrades_per_second: rate,

@@ -80,6 +80,15 @@ fn write_upstream(f: &mut fmt::Formatter<'_>, upstream: &UpstreamReport) -> fmt:
         }
         writeln!(f)?;
     }
+    if let Some(dns) = &upstream.dns {
+        for server in &dns.servers {
+            writeln!(
+                f,
+                "    server {server}: every A/AAAA record, looked up every {}",
+                dns.resolve_interval
+            )?;
+        }
+    }
     if let Some(check) = &upstream.health_check {
         write_health_check(f, check)?;
     }

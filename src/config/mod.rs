@@ -68,6 +68,31 @@ pub struct Config {
     pub route_origins: Vec<OriginPolicy>,
     /// Upstreams sorted by name; routes refer to them by index.
     pub upstreams: Vec<Upstream>,
+    /// `[dns]`: where `dns:` servers are looked up.
+    pub dns: Dns,
+}
+
+/// `[dns]`: the resolver behind `dns:` servers. Separate from the system's so that a cluster's
+/// node-local cache (or a test's responder) can be named without touching `/etc/resolv.conf`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dns {
+    /// Asked over UDP (and TCP for truncated answers), in order; empty: the system's resolver
+    /// configuration (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// A `dns:NAME:PORT` server: every A and AAAA record of NAME is a backend on PORT, looked up at
+/// start and every `resolve_interval`, so backends can come and go without a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServer {
+    /// As written, `dns:NAME:PORT`: what logs and errors call it.
+    pub spec: String,
+    /// The name looked up.
+    pub host: String,
+    /// The port every discovered address is given.
+    pub port: u16,
+    /// The weight every discovered backend is given, 1..=256.
+    pub weight: u32,
 }
 
 impl Config {
@@ -361,8 +386,12 @@ pub struct Upstream {
     pub load_factor: Option<f64>,
     /// TLS to the backends, if configured.
     pub tls: Option<BackendTls>,
-    /// Backends in file order.
+    /// Backends in file order (the static ones: `dns:` servers are in `dns`).
     pub servers: Vec<Server>,
+    /// `dns:` servers in file order; what they resolve to joins `servers` in each snapshot.
+    pub dns: Vec<DnsServer>,
+    /// How often `dns` is looked up again (the answer's TTL is a floor on it).
+    pub resolve_interval: Duration,
     /// A backend that joins or comes back ramps its share from 10 % to 100 % over this.
     pub slow_start: Duration,
     /// Per-backend token bucket on new WebSocket upgrades: (rate per second, burst).

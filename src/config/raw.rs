@@ -37,6 +37,14 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    pub dns: Option<Spanned<RawDns>>,
+}
+
+/// `[dns]`: the resolver behind `dns:` servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[admin]`: the metrics and health listener, the file holding the `/admin/*` token, and the
@@ -172,6 +180,7 @@ pub struct RawUpstream {
     pub load_factor: Option<Spanned<f64>>,
     pub tls: Option<Spanned<RawBackendTls>>,
     pub servers: Spanned<Vec<Spanned<RawServer>>>,
+    pub resolve_interval: Option<RawDuration>,
     pub slow_start: Option<RawDuration>,
     pub max_upgrades_per_second: Option<Spanned<toml::Value>>,
     pub upgrade_burst: Option<Spanned<i64>>,

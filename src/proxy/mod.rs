@@ -49,6 +49,8 @@ pub struct Proxy {
     pub registry: Arc<tunnel::TunnelRegistry>,
     /// Every backend, carried from snapshot to snapshot.
     pub backends: BackendRegistry,
+    /// What the `dns:` servers resolved to last; each snapshot's balancers include it.
+    pub discovered: crate::discovery::Discovered,
     /// Pooled backend clients by TLS settings and connect timeout, so a reload keeps warm pools.
     pools: Mutex<HashMap<snapshot::PoolKey, http::BackendClient>>,
     /// Drain and force tokens.
@@ -71,14 +73,23 @@ impl Proxy {
         let tunnel_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_tunnels));
         metrics.tunnels_limit.set(config.limits.max_tunnels as i64);
         let backends = BackendRegistry::default();
+        let discovered = crate::discovery::Discovered::default();
         let mut pools = HashMap::new();
-        let (first, _) = Snapshot::build(config, &backends, &mut pools, &registry, &metrics);
+        let (first, _) = Snapshot::build(
+            config,
+            &backends,
+            &discovered,
+            &mut pools,
+            &registry,
+            &metrics,
+        );
         Proxy {
             metrics,
             tunnels: TaskTracker::new(),
             registry,
             tunnel_slots,
             backends,
+            discovered,
             pools: Mutex::new(pools),
             shutdown,
             snapshot: ArcSwap::from_pointee(first),
@@ -95,8 +106,10 @@ impl Proxy {
     /// Builds a snapshot for `config` and swaps it in. Returns the backends that joined, and
     /// those that left (no longer configured: the caller drains them).
     pub fn apply(&self, config: Config) -> snapshot::Applied {
+        self.discovered.retain(&config);
+        self.revive_leaving(&config);
         let (next, joined) = self.build(config);
-        let left = self.backends.remove_absent(&next.config);
+        let left = self.backends.remove_absent(&next.balancers);
         self.snapshot.store(Arc::new(next));
         snapshot::Applied { joined, left }
     }
@@ -118,6 +131,28 @@ impl Proxy {
         }
     }
 
+    /// Takes back the removed backends that `config` has again (a record that came back to a
+    /// DNS answer, a server re-added) while they drain: undrained, they keep their tunnels,
+    /// counts and metric series, as a backend undrained before its drain timeout does.
+    fn revive_leaving(&self, config: &Config) {
+        self.lock_leaving().retain(|(upstream, backend)| {
+            let Some(u) = config.upstreams.iter().find(|u| u.name == *upstream) else {
+                return true;
+            };
+            let listed = self
+                .discovered
+                .servers_of(u)
+                .servers
+                .iter()
+                .any(|s| s.name == backend.name && s.addr == backend.addr);
+            if !listed || !self.backends.revive(upstream, backend) {
+                return true;
+            }
+            crate::drain::stop(upstream, backend);
+            false
+        });
+    }
+
     /// Removed backends still draining, with their upstream names.
     pub fn leaving(&self) -> Vec<(String, Arc<Backend>)> {
         self.lock_leaving().clone()
@@ -132,6 +167,7 @@ impl Proxy {
         Snapshot::build(
             config,
             &self.backends,
+            &self.discovered,
             &mut pools,
             &self.registry,
             &self.metrics,

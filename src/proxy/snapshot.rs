@@ -67,12 +67,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `config`: backends from (and new ones into) `backends`, pooled
+    /// Builds the snapshot of `config`: backends from (and new ones into) `backends`, each
+    /// upstream's static servers plus what its `dns:` servers resolved to (`discovered`), pooled
     /// clients from `pools` where the settings did not change. Also returns the backends that
     /// joined.
     pub(super) fn build(
         config: Config,
         backends: &BackendRegistry,
+        discovered: &crate::discovery::Discovered,
         pools: &mut HashMap<PoolKey, http::BackendClient>,
         registry: &Arc<tunnel::TunnelRegistry>,
         metrics: &Metrics,
@@ -119,9 +121,14 @@ impl Snapshot {
                 ))
             })
             .collect();
-        let mut joined = Vec::new();
-        let balancers = config
+        // Each upstream with its discovered servers after the static ones.
+        let effective: Vec<_> = config
             .upstreams
+            .iter()
+            .map(|u| discovered.servers_of(u))
+            .collect();
+        let mut joined = Vec::new();
+        let balancers = effective
             .iter()
             .map(|u| {
                 let (members, new) = backends.resolve(u, metrics);
@@ -129,11 +136,11 @@ impl Snapshot {
                 Balancer::with_backends(u, members, config.timeouts.backend_retry, metrics)
             })
             .collect();
-        let sticky_cookies = config
-            .upstreams
+        let sticky_cookies = effective
             .iter()
             .map(|u| super::sticky_cookie::Routes::new(u, metrics))
             .collect();
+        drop(effective);
         let snapshot = Snapshot {
             sticky_cookies,
             router: Router::new(&config.routes),

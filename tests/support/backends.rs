@@ -80,6 +80,13 @@ impl EchoBackend {
         Self::serve(name, false, listener)
     }
 
+    /// Like [`EchoBackend::start_greeting`], on a given address (e.g. 127.0.0.2:PORT, for a
+    /// backend found through DNS, where every backend has the same port).
+    pub async fn start_greeting_on(name: &str, addr: SocketAddr) -> std::io::Result<EchoBackend> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::serve(name, true, listener))
+    }
+
     async fn start_with(name: &str, greet: bool) -> EchoBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(name, greet, listener)

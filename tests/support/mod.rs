@@ -9,6 +9,7 @@
 pub mod backends;
 pub mod clients;
 pub mod dashboard;
+pub mod dns;
 pub mod prometheus;
 pub mod process;
 pub mod session;

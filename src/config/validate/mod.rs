@@ -13,6 +13,7 @@ use super::{Config, ConfigError, Limits, LogFormat, Timeouts};
 mod admin;
 mod admission;
 mod checker;
+mod dns;
 mod health_check;
 mod log;
 mod pacing;
@@ -103,6 +104,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
         upstreams.push(upstream::upstream(&check, name, upstream));
     }
     let (routes, route_origins) = route::routes(&check, &raw);
+    let dns = dns::dns(&check, raw.dns.as_ref());
 
     for (key, other, value) in [
         (
@@ -153,6 +155,7 @@ pub(super) fn validate(raw: RawConfig, src: &str, origin: &str) -> (Config, Vec<
         routes,
         route_origins,
         upstreams,
+        dns,
     };
     (config, check.into_errors())
 }

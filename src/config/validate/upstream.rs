@@ -3,9 +3,12 @@
 
 use toml::Spanned;
 
-use super::{Checker, MAX_WEIGHT, health_check, pacing, proxy_protocol, sticky_cookie};
+use super::{Checker, MAX_WEIGHT, dns, health_check, pacing, proxy_protocol, sticky_cookie};
 use crate::config::raw::{RawBackendTls, RawServer, RawUpstream};
-use crate::config::{BackendTls, Balance, ConfigError, HashKeySpec, Server, Upstream};
+use crate::config::{BackendTls, Balance, ConfigError, DnsServer, HashKeySpec, Server, Upstream};
+
+/// How often `dns:` servers are looked up again when `resolve_interval` is not set.
+const DEFAULT_RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One `[upstream.NAME]`; every key is checked, a wrong one stands in with its default.
 pub(super) fn upstream(check: &Checker, name: &str, spanned: &Spanned<RawUpstream>) -> Upstream {
@@ -30,7 +33,8 @@ pub(super) fn upstream(check: &Checker, name: &str, spanned: &Spanned<RawUpstrea
     } else {
         (None, None)
     };
-    let servers = servers(check, raw, &key("servers"));
+    let (servers, dns) = servers(check, raw, &key("servers"));
+    let resolve_interval = resolve_interval(check, raw, !dns.is_empty(), &key("resolve_interval"));
     let tls = raw
         .tls
         .as_ref()
@@ -67,6 +71,8 @@ pub(super) fn upstream(check: &Checker, name: &str, spanned: &Spanned<RawUpstrea
         load_factor,
         tls,
         servers,
+        dns,
+        resolve_interval,
         slow_start,
         upgrade_pacing,
         rebalance_skew,
@@ -154,8 +160,28 @@ fn load_factor(
     }
 }
 
-/// The servers in file order; a wrong one is reported and left out.
-fn servers(check: &Checker, raw: &RawUpstream, key: &str) -> Vec<Server> {
+/// `resolve_interval`, which only `dns:` servers use.
+fn resolve_interval(
+    check: &Checker,
+    raw: &RawUpstream,
+    has_dns: bool,
+    key: &str,
+) -> std::time::Duration {
+    if let (Some(value), false) = (&raw.resolve_interval, has_dns) {
+        check.report(
+            value.span(),
+            key,
+            "resolve_interval only applies to \"dns:NAME:PORT\" servers",
+            Some("remove it, or list a server as \"dns:NAME:PORT\"".into()),
+        );
+        return DEFAULT_RESOLVE_INTERVAL;
+    }
+    check.duration(&raw.resolve_interval, key, DEFAULT_RESOLVE_INTERVAL)
+}
+
+/// The static servers and the `dns:` servers, each in file order; a wrong one is reported and
+/// left out.
+fn servers(check: &Checker, raw: &RawUpstream, key: &str) -> (Vec<Server>, Vec<DnsServer>) {
     if raw.servers.get_ref().is_empty() {
         check.report(
             raw.servers.span(),
@@ -165,24 +191,22 @@ fn servers(check: &Checker, raw: &RawUpstream, key: &str) -> Vec<Server> {
         );
     }
     let mut servers: Vec<Server> = Vec::with_capacity(raw.servers.get_ref().len());
+    let mut discovered: Vec<DnsServer> = Vec::new();
     for server in raw.servers.get_ref() {
-        if let Some(s) = check.keep(one_server(check, server, &servers, key)) {
+        if server.get_ref().addr.starts_with(dns::PREFIX) {
+            if let Some(s) = check.keep(dns_server(check, server, &discovered, key)) {
+                discovered.push(s);
+            }
+        } else if let Some(s) = check.keep(one_server(check, server, &servers, key)) {
             servers.push(s);
         }
     }
-    servers
+    (servers, discovered)
 }
 
-fn one_server(
-    check: &Checker,
-    server: &Spanned<RawServer>,
-    earlier: &[Server],
-    key: &str,
-) -> Result<Server, ConfigError> {
-    let RawServer { addr, weight } = server.get_ref();
-    let spanned_addr = Spanned::new(server.span(), addr.clone());
-    let socket = check.addr(&spanned_addr, key)?;
-    let weight = weight.unwrap_or(1);
+/// The weight of a server, 1..=MAX_WEIGHT (1 when not written).
+fn weight_of(check: &Checker, server: &Spanned<RawServer>, key: &str) -> Result<u32, ConfigError> {
+    let weight = server.get_ref().weight.unwrap_or(1);
     if !(1..=MAX_WEIGHT).contains(&weight) {
         return check.error(
             server.span(),
@@ -191,6 +215,42 @@ fn one_server(
             None,
         );
     }
+    Ok(weight as u32)
+}
+
+fn dns_server(
+    check: &Checker,
+    server: &Spanned<RawServer>,
+    earlier: &[DnsServer],
+    key: &str,
+) -> Result<DnsServer, ConfigError> {
+    let spec = server.get_ref().addr.trim();
+    let weight = weight_of(check, server, key)?;
+    let parsed = dns::server(check, server.span(), spec, weight, key)?;
+    if earlier
+        .iter()
+        .any(|d| d.host.eq_ignore_ascii_case(&parsed.host) && d.port == parsed.port)
+    {
+        return check.error(
+            server.span(),
+            key,
+            format!("`{spec}` is listed twice"),
+            Some("give it a higher weight instead".into()),
+        );
+    }
+    Ok(parsed)
+}
+
+fn one_server(
+    check: &Checker,
+    server: &Spanned<RawServer>,
+    earlier: &[Server],
+    key: &str,
+) -> Result<Server, ConfigError> {
+    let addr = &server.get_ref().addr;
+    let spanned_addr = Spanned::new(server.span(), addr.clone());
+    let socket = check.addr(&spanned_addr, key)?;
+    let weight = weight_of(check, server, key)?;
     if earlier.iter().any(|s| s.name == *addr) {
         return check.error(
             server.span(),
@@ -213,7 +273,7 @@ fn one_server(
     Ok(Server {
         addr: socket,
         name: addr.clone(),
-        weight: weight as u32,
+        weight,
     })
 }
 

@@ -22,6 +22,8 @@ fn upstream(max_age: Option<Duration>) -> Upstream {
                 weight: 1,
             })
             .collect(),
+        dns: Vec::new(),
+        resolve_interval: Duration::from_secs(10),
         slow_start: Duration::ZERO,
         upgrade_pacing: None,
         rebalance_skew: None,
