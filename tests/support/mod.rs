@@ -10,8 +10,8 @@ pub mod backends;
 pub mod clients;
 pub mod dashboard;
 pub mod dns;
-pub mod prometheus;
 pub mod process;
+pub mod prometheus;
 pub mod session;
 pub mod tls;
 
