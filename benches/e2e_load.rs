@@ -39,7 +39,8 @@
 //!   echo; the time until the last is back, the median, retries, and the proxy's CPU per
 //!   client back; run direct first, then through each proxy.
 //!
-//! Run: `cargo bench --bench e2e_load`. Environment: E2E_CLIENTS (50), E2E_SECONDS (5),
+//! Run: `cargo bench --bench e2e_load`. Environment: E2E_PROXY_LOG (a directory to keep each
+//! proxy's log in; dropped by default), E2E_CLIENTS (50), E2E_SECONDS (5),
 //! E2E_IDLE (5000), E2E_SCENARIOS (echo64,echo4k,handshake,idle,storm,shutdown,reload,drain,
 //! wss_echo64,wss_handshake,wss_idle), E2E_PROXIES (switchboard,nginx,haproxy),
 //! E2E_PROXY_THREADS (tokio workers of switchboard; default: cores), E2E_SPREAD (drain.spread
@@ -199,6 +200,17 @@ struct Proxy {
     dir: std::path::PathBuf,
 }
 
+/// Where a proxy's stdout goes: `E2E_PROXY_LOG` (a directory) keeps it as `NAME-PORT.log` there,
+/// to see why a scenario's clients failed; by default it is dropped.
+fn proxy_log(dir: &std::path::Path) -> Stdio {
+    let Some(keep) = std::env::var_os("E2E_PROXY_LOG") else {
+        return Stdio::null();
+    };
+    let name = dir.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    let path = std::path::Path::new(&keep).join(name).with_extension("log");
+    std::fs::File::create(path).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
 /// switchboard's config: `listen`, `extra`, limits, TLS, one route to upstream `echo` (least-conn
 /// over `backends`, then `upstream_extra`).
 fn switchboard_toml(
@@ -306,7 +318,7 @@ impl Proxy {
             _ => return None,
         };
         let child = command
-            .stdout(Stdio::null())
+            .stdout(proxy_log(&dir))
             .stderr(Stdio::null())
             .spawn()
             .ok()?;

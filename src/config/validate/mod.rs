@@ -210,7 +210,7 @@ fn limits(check: &Checker, raw: &RawLimits) -> Limits {
 
 fn timeouts(check: &Checker, raw: &RawTimeouts) -> Timeouts {
     Timeouts {
-        connect: check.duration(&raw.connect, "timeouts.connect", Duration::from_secs(3)),
+        connect: check.duration(&raw.connect, "timeouts.connect", Duration::from_secs(4)),
         handshake: check.duration(
             &raw.handshake,
             "timeouts.handshake",
