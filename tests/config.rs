@@ -163,7 +163,7 @@ fn minimal_config_gets_defaults() {
         c.upstreams[0].balance,
         switchboard::config::Balance::LeastConn
     );
-    assert_eq!(c.timeouts.connect.as_secs(), 3);
+    assert_eq!(c.timeouts.connect.as_secs(), 4);
     assert!(c.admin.is_none());
 }
 
