@@ -281,17 +281,17 @@ fn bad_durations_say_what_to_write() {
         (
             "\"0s\"",
             "must be longer than zero",
-            "write a duration such as \"3s\"",
+            "write a duration such as \"4s\"",
         ),
         (
             "\"off\"",
             "this key cannot be \"off\"",
-            "write a duration such as \"3s\"",
+            "write a duration such as \"4s\"",
         ),
         (
             "true",
-            "expected a duration in quotes such as \"3s\", found true",
-            "\"3s\"",
+            "expected a duration in quotes such as \"4s\", found true",
+            "\"4s\"",
         ),
     ] {
         let e = error_of(&minimal_with(&format!("[timeouts]\nconnect = {value}\n")));
