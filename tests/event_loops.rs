@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use support::backends::EchoBackend;
-use support::clients::{http_get, ws_connect};
+use support::clients::{expect_close, http_get, ws_connect};
 use support::{DEADLINE, metric};
 use switchboard::metrics::Metrics;
 use switchboard::workers::Workers;
@@ -75,18 +75,7 @@ async fn three_event_loops_share_the_listener_least_conn_counts_and_the_shutdown
 
     shutdown.trigger();
     for ws in &mut tunnels {
-        let close = tokio::time::timeout(DEADLINE, async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(frame))) => return frame,
-                    Some(Ok(_)) => continue,
-                    other => panic!("tunnel ended without a Close frame: {other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("a Close frame within the deadline");
-        assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+        expect_close(ws, CloseCode::Away).await;
     }
     drop(tunnels);
     tokio::time::timeout(DEADLINE, task)

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use support::backends::{EchoBackend, HttpBackend};
-use support::clients::{http_get, ws_connect};
+use support::clients::{expect_close, http_get, ws_connect};
 use support::process::{Process, config, get, ready};
 use support::tls::TempDir;
 use support::{DEADLINE, eventually, metric, two_free_addrs};
@@ -87,23 +87,6 @@ async fn upgrade_once(addr: SocketAddr) -> Result<String, String> {
     tokio::time::timeout(DEADLINE, exchange)
         .await
         .unwrap_or_else(|_| Err("no upgrade within the deadline".into()))
-}
-
-/// Reads until the Close frame, which must carry `code`, then to the end of the stream.
-async fn expect_close(ws: &mut support::clients::Ws, code: CloseCode) {
-    let frame = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("stream ended without a Close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a Close frame within the deadline");
-    assert_eq!(frame.map(|f| f.code), Some(code));
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
 }
 
 #[tokio::test]

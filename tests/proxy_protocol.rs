@@ -10,35 +10,13 @@ use std::net::SocketAddr;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use proxy_clients::{Running, closed_unanswered, connect_with, get_over, v1, v2};
+use proxy_clients::{
+    Running, TRUST_LOOPBACK, closed_unanswered, connect_with, forwarded_for, get_over, upstream,
+    v1, v2,
+};
 use support::DEADLINE;
 use support::backends::{EchoBackend, HttpBackend};
 use support::tls::{TempDir, TestCa};
-
-const TRUST_LOOPBACK: &str = "trusted_proxies = [\"127.0.0.0/8\"]";
-
-fn upstream(servers: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "[[route]]\nupstream = \"app\"\n[upstream.app]\n{extra}\nservers = [{}]\n",
-        list.join(", ")
-    )
-}
-
-fn forwarded_for(backend: &HttpBackend) -> Vec<String> {
-    backend
-        .recorded()
-        .iter()
-        .map(|r| {
-            r.headers
-                .get("x-forwarded-for")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn the_header_names_the_client_of_requests_and_upgrades_v1_and_v2() {

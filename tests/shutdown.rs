@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use support::backends::{EchoBackend, raw_backend};
-use support::clients::{http_get, raw_send, read_head, ws_connect};
+use support::clients::{expect_close, http_get, raw_send, read_head, ws_connect};
 use support::{DEADLINE, Switchboard, eventually, metric};
 
 fn config(servers: &str, grace: &str) -> String {
@@ -24,27 +24,6 @@ fn config(servers: &str, grace: &str) -> String {
 
 async fn refused(addr: std::net::SocketAddr) -> Option<()> {
     TcpStream::connect(addr).await.is_err().then_some(())
-}
-
-/// Reads until the Close frame, which must carry `code`; then lets tungstenite answer it and
-/// reads to the end of the stream.
-async fn expect_close<S>(ws: &mut S, code: CloseCode)
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("stream ended without a Close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a Close frame within the deadline");
-    assert_eq!(end.map(|f| f.code), Some(code));
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
 }
 
 #[tokio::test]

@@ -4,28 +4,8 @@
 mod proxy_clients;
 mod support;
 
-use std::net::SocketAddr;
-
-use proxy_clients::Running;
+use proxy_clients::{Running, TRUST_LOOPBACK, forwarded_for, upstream};
 use support::backends::HttpBackend;
-
-const TRUST_LOOPBACK: &str = "trusted_proxies = [\"127.0.0.0/8\"]";
-
-fn upstream(servers: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "[[route]]\nupstream = \"app\"\n[upstream.app]\n{extra}\nservers = [{}]\n",
-        list.join(", ")
-    )
-}
-
-fn forwarded_for(backend: &HttpBackend) -> Vec<String> {
-    backend
-        .recorded()
-        .iter()
-        .map(|r| r.headers["x-forwarded-for"].to_str().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test]
 async fn a_trusted_http_proxy_names_the_client_in_x_forwarded_for() {

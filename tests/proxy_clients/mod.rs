@@ -16,6 +16,27 @@ use tokio::task::JoinHandle;
 
 use crate::support::DEADLINE;
 
+/// The `trusted_proxies` line that trusts every test peer (all on 127.0.0.0/8).
+pub const TRUST_LOOPBACK: &str = "trusted_proxies = [\"127.0.0.0/8\"]";
+
+/// One route to upstream `app` over `servers`, with `extra` keys in the upstream's table.
+pub fn upstream(servers: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[route]]\nupstream = \"app\"\n[upstream.app]\n{extra}\nservers = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// The `X-Forwarded-For` each request recorded by `backend` carried, in order.
+pub fn forwarded_for(backend: &crate::support::backends::HttpBackend) -> Vec<String> {
+    backend
+        .recorded()
+        .iter()
+        .map(|r| r.headers["x-forwarded-for"].to_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A running switchboard and its admin listener.
 pub struct Running {
     pub addr: SocketAddr,

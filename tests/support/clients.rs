@@ -286,3 +286,33 @@ where
         .await
         .expect("closing handshake");
 }
+
+/// Reads until the Close frame, which must carry `code`; then lets tungstenite answer it and
+/// reads to the end of the stream (each step within [`DEADLINE`]).
+pub async fn expect_close<S>(
+    ws: &mut S,
+    code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
+) where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("stream ended without a Close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a Close frame within the deadline");
+    assert_eq!(end.map(|f| f.code), Some(code));
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+}

@@ -114,14 +114,16 @@ pub async fn get(addr: SocketAddr) -> Result<String, String> {
 
 /// Waits until `/readyz` on `admin` answers 200.
 pub async fn ready(admin: SocketAddr, process: &Process) {
+    // Re-checked on a 20 ms tick, as `eventually` does, but failing with the process's log.
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
     let wait = async {
         loop {
+            ticks.tick().await;
             if let Ok(Ok(_)) = tokio::time::timeout(DEADLINE, TcpStream::connect(admin)).await
                 && http_get(admin, "/readyz", &[]).await.status == 200
             {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     if tokio::time::timeout(DEADLINE, wait).await.is_err() {
