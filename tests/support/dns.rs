@@ -41,7 +41,12 @@ pub struct DnsResponder {
 impl DnsResponder {
     /// Serves `name` (without the final dot) with `records`, TTL 0 (no caching in the way).
     pub async fn start(name: &str, records: &[Ipv4Addr]) -> DnsResponder {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, records, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`DnsResponder::start`], on `bind` (e.g. an address in a test's network namespace).
+    pub async fn start_on(name: &str, records: &[Ipv4Addr], bind: SocketAddr) -> DnsResponder {
+        let udp = UdpSocket::bind(bind).await.unwrap();
         let addr = udp.local_addr().unwrap();
         // TCP on the same port, for a resolver that retries a truncated answer over it.
         let tcp = TcpListener::bind(addr).await.ok();

@@ -10,8 +10,10 @@ pub mod backends;
 pub mod clients;
 pub mod dashboard;
 pub mod dns;
+pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod replicas;
 pub mod session;
 pub mod tls;
 
