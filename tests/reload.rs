@@ -386,6 +386,46 @@ async fn reload_moves_the_listener_and_keeps_the_tunnels_of_the_old_one() {
 }
 
 #[tokio::test]
+async fn a_reload_that_needs_a_restart_is_refused_naming_the_key() {
+    let a = EchoBackend::start_greeting("a").await;
+    let body = chat(&[&a], "30s");
+    let (sb, file) = Switchboard::start_file(&body).await;
+    let (mut ws, _) = connect(&sb).await;
+    let top = "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let socket = file.dir.path("handover.sock");
+    let changes = [
+        (
+            format!("{top}handover_socket = \"{}\"\n{body}", socket.display()),
+            "`admin.handover_socket` changed from none to",
+        ),
+        (
+            format!("{top}[limits]\nmax_tunnels = 7\n{body}"),
+            "`limits.max_tunnels` changed",
+        ),
+        (
+            format!("{top}[runtime]\nmode = \"shared\"\n{body}"),
+            "`[runtime]` changed",
+        ),
+    ];
+    for (text, why) in changes {
+        file.write_raw(&text);
+        let refused = sb.admin_post("/admin/reload", &[]).await;
+        assert_eq!(refused.status, 400, "{}", refused.body_text());
+        assert!(refused.body_text().contains(why), "{}", refused.body_text());
+        assert!(
+            !socket.exists(),
+            "a refused reload bound the hand-over socket"
+        );
+    }
+    // Nothing changed: the running config reloads, and the tunnel from before lives on.
+    file.write(&body);
+    assert_eq!(sb.admin_post("/admin/reload", &[]).await.status, 200);
+    echo(&mut ws, "after three refusals").await;
+    drop(ws);
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn reload_changes_the_certificate_for_new_handshakes() {
     use support::tls::{TempDir, TestCa, peer_names, tls_connect};
     let a = EchoBackend::start("a").await;

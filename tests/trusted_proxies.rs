@@ -5,7 +5,7 @@ mod proxy_clients;
 mod support;
 
 use proxy_clients::{Running, TRUST_LOOPBACK, forwarded_for, upstream};
-use support::backends::HttpBackend;
+use support::backends::{EchoBackend, HttpBackend};
 
 #[tokio::test]
 async fn a_trusted_http_proxy_names_the_client_in_x_forwarded_for() {
@@ -76,6 +76,64 @@ async fn a_trusted_http_proxy_names_the_client_in_x_forwarded_for() {
         "an untrusted peer's X-Forwarded-For moved the hash"
     );
     untrusting.stop().await;
+}
+
+/// A WebSocket upgrade whose request carries `X-Forwarded-For: xff`: the tunnel, or the status
+/// of the refusal.
+async fn upgrade_from(addr: std::net::SocketAddr, xff: &str) -> Result<support::clients::Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    let answer = tokio::time::timeout(support::DEADLINE, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("an answer within the deadline");
+    match answer {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn per_ip_limits_count_the_client_a_trusted_proxy_names() {
+    let echo = EchoBackend::start("echo").await;
+    let body = format!(
+        "[limits]\nmax_tunnels_per_ip = 1\n{}",
+        upstream(&[echo.addr], "")
+    );
+    let sb = Running::start(TRUST_LOOPBACK, &body, false).await;
+    // Every TCP peer is 127.0.0.1; the trusted peer's last entry is the client.
+    let first = upgrade_from(sb.addr, "198.51.100.1")
+        .await
+        .expect("first tunnel");
+    assert_eq!(
+        upgrade_from(sb.addr, "10.9.9.9, 198.51.100.1").await.err(),
+        Some(429),
+        "a second tunnel of 198.51.100.1"
+    );
+    let other = upgrade_from(sb.addr, "198.51.100.1, 198.51.100.2")
+        .await
+        .expect("another client behind the same proxy");
+    support::clients::close_and_drop(first).await;
+    support::clients::close_and_drop(other).await;
+    sb.stop().await;
+
+    // Untrusted, the header is the client's word only: all tunnels are 127.0.0.1's.
+    let sb = Running::start("trusted_proxies = [\"10.0.0.0/8\"]", &body, false).await;
+    let first = upgrade_from(sb.addr, "198.51.100.1")
+        .await
+        .expect("first tunnel");
+    assert_eq!(
+        upgrade_from(sb.addr, "198.51.100.2").await.err(),
+        Some(429),
+        "an untrusted X-Forwarded-For escaped the per-IP limit"
+    );
+    support::clients::close_and_drop(first).await;
+    sb.stop().await;
 }
 
 #[test]
