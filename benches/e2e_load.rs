@@ -7,6 +7,11 @@
 //! - the echo backend answers the HTTP upgrade, then echoes raw bytes, and the clients send
 //!   masked frames and read the same bytes back, so almost all per-message work measured is the
 //!   proxy's (and the kernel's);
+//! - for the echo and handshake scenarios the backend runs on a thread of its own (a
+//!   current-thread runtime), and its CPU per message (utime + stime of that thread, as the
+//!   proxy's is of its process) is printed beside each proxy's, with the ratio: one read and
+//!   one write per echo is the floor a proxy, which relays each message both ways, is read
+//!   against;
 //! - each scenario runs for a fixed window, first direct, then through switchboard, and the
 //!   ratio is printed: on a shared, noisy machine only ratios from the same run mean much;
 //! - memory per idle tunnel: RSS after opening N idle tunnels (each used once) minus RSS after a
@@ -1143,6 +1148,8 @@ fn main() {
     let clients = env_or("E2E_CLIENTS", 50);
     let window = Duration::from_secs(env_or("E2E_SECONDS", 5) as u64);
     let idle = env_or("E2E_IDLE", 5000);
+    // The echo and handshake scenarios' backend: its thread's CPU is the floor they print.
+    let (threaded_backend, echo_thread) = support::echo_backend_on_own_thread();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1150,7 +1157,8 @@ fn main() {
     runtime.block_on(async move {
         println!(
             "e2e_load: {clients} clients, {}s windows, {idle} idle tunnels. Clients and the echo backend run in this process; \
-             each proxy in its own. ws:// ratios are to a direct run (no proxy) done just before; wss:// ratios to nginx.",
+             each proxy in its own. ws:// ratios are to a direct run (no proxy) done just before; wss:// ratios to nginx. \
+             The echo and handshake scenarios' backend runs on a thread of its own: its CPU (utime + stime of that thread) per message is printed beside the proxy's.",
             window.as_secs()
         );
         let backend = echo_backend().await;
@@ -1175,7 +1183,7 @@ fn main() {
         if ["echo64", "echo4k", "handshake"].iter().any(|s| wanted(s)) {
             let mut proxies = Vec::new();
             for &name in &names {
-                match Proxy::start(name, backend, None).await {
+                match Proxy::start(name, threaded_backend, None).await {
                     Some(p) => proxies.push(p),
                     None => println!("{name}: not installed or did not start; skipped"),
                 }
@@ -1185,19 +1193,20 @@ fn main() {
                     continue;
                 }
                 for proxy in &proxies {
-                    let direct = echo_load(backend, &plain, clients, payload, window).await;
-                    let (cpu0, _) = proxy.stat();
+                    let direct = echo_load(threaded_backend, &plain, clients, payload, window).await;
+                    let ((cpu0, _), backend0) = (proxy.stat(), support::thread_cpu_seconds(echo_thread));
                     let via = echo_load(proxy.addr, &plain, clients, payload, window).await;
-                    let (cpu1, _) = proxy.stat();
-                    let cpu_us = (cpu1 - cpu0) * 1e6 / via.messages.max(1) as f64;
+                    let ((cpu1, _), backend1) = (proxy.stat(), support::thread_cpu_seconds(echo_thread));
+                    let per_message = |seconds: f64| seconds * 1e6 / via.messages.max(1) as f64;
+                    let (cpu_us, backend_us) = (per_message(cpu1 - cpu0), per_message(backend1 - backend0));
                     println!(
-                        "echo {payload:>4} B {:<11}: {:>7.0} msg/s ({:.2}x direct {:>7.0}), p50 {:>4} us (direct {:>4}), p99 {:>5} us (direct {:>4}), proxy CPU {:>5.1} us/msg",
-                        proxy.name, rate(&via), rate(&via) / rate(&direct), rate(&direct), via.p50_us, direct.p50_us, via.p99_us, direct.p99_us, cpu_us
+                        "echo {payload:>4} B {:<11}: {:>7.0} msg/s ({:.2}x direct {:>7.0}), p50 {:>4} us (direct {:>4}), p99 {:>5} us (direct {:>4}), proxy CPU {:>5.1} us/msg, backend CPU {:>5.1} us/msg (proxy/backend {:.2}x)",
+                        proxy.name, rate(&via), rate(&via) / rate(&direct), rate(&direct), via.p50_us, direct.p50_us, via.p99_us, direct.p99_us, cpu_us, backend_us, cpu_us / backend_us
                     );
                 }
             }
             for proxy in proxies.iter().filter(|_| wanted("handshake")) {
-                let direct = handshake_load(backend, &plain, clients.min(20), window).await;
+                let direct = handshake_load(threaded_backend, &plain, clients.min(20), window).await;
                 let (cpu0, _) = proxy.stat();
                 let started = Instant::now();
                 let via = handshake_load(proxy.addr, &plain, clients.min(20), window).await;

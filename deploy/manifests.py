@@ -1,7 +1,8 @@
 """What the Kubernetes schemas cannot check in deploy/kubernetes/ (run by deploy/check.sh).
 
 The files must agree with each other and with the config they carry: every selector picks the
-Deployment's pods, every named port exists, the checksum annotation is the ConfigMap's, the
+Deployment's pods, every named port exists, the `dns:` servers name the headless backend
+Service and its port, the checksum annotation is the ConfigMap's, the
 probes and the Service use the ports switchboard.toml listens on, and the grace period covers
 the preStop sleep plus timeouts.shutdown_grace. Writes the ConfigMap's TOML to argv[1] for
 `switchboard check`.
@@ -103,6 +104,20 @@ config_path = container["args"][container["args"].index("--config") + 1]
 check(config_path == f"{mount['mountPath']}/switchboard.toml", f"--config {config_path} is not the mounted file")
 check("subPath" not in mount, "a subPath mount is never updated: SIGHUP reloads would read the old file")
 
+# The dns: servers name the headless backend Service (backend-service.yaml) and one of its ports.
+backend = load(f"{BASE}/backend-service.yaml")
+backend_name = backend["metadata"]["name"]
+backend_namespace = backend["metadata"].get("namespace", "default")
+backend_ports = {p["port"] for p in backend["spec"]["ports"]}
+check(backend["spec"].get("clusterIP") == "None", "backend-service.yaml must be headless (clusterIP: None)")
+for name, upstream in config.get("upstream", {}).items():
+    for server in upstream.get("servers", []):
+        if not (isinstance(server, str) and server.startswith("dns:")):
+            continue
+        host, port = server[len("dns:"):].rsplit(":", 1)
+        check(host == f"{backend_name}.{backend_namespace}.svc.cluster.local" and int(port) in backend_ports,
+              f"upstream.{name}: {server} is not the Service {backend_name}.{backend_namespace} on one of its ports {sorted(backend_ports)}")
+
 # Changing the config must change the pod template (the checksum roll).
 digest = hashlib.sha256(toml_text.encode()).hexdigest()
 annotation = template["metadata"]["annotations"]["checksum/config"]
@@ -119,5 +134,5 @@ check(shutdown_delay < shutdown_grace, "shutdown_delay must be below shutdown_gr
 
 if problems:
     sys.exit("deploy/kubernetes:\n  " + "\n  ".join(problems))
-print(f"  manifests agree: selectors, ports, probes, checksum {digest[:12]}…, "
+print(f"  manifests agree: selectors, ports, probes, dns: servers, checksum {digest[:12]}…, "
       f"grace {grace} s > preStop {pre_stop} s + shutdown_grace {shutdown_grace:g} s")

@@ -143,6 +143,89 @@ fn check_speaks_config_words() {
     }
 }
 
+/// The keys of the client edge, the hand-over and DNS discovery.
+fn edge_config(dir: &TempDir) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:8080"
+proxy_protocol = "v2"
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+[admin]
+listen = "127.0.0.1:9100"
+handover_socket = "{}"
+[[route]]
+upstream = "chat"
+[upstream.chat]
+servers = ["127.0.0.1:9001", "dns:chat.default.svc.cluster.local:9000"]
+resolve_interval = "5s"
+send_proxy_protocol = "v1"
+"#,
+        dir.path("handover.sock").display()
+    )
+}
+
+#[test]
+fn check_shows_the_proxy_protocol_the_handover_socket_and_dns_servers() {
+    let dir = TempDir::new("cli-edge");
+    let path = config_file(&dir, "edge.toml", &edge_config(&dir));
+    let out = run(&["check"], &path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let socket = format!("hand-over socket {}", dir.path("handover.sock").display());
+    for line in [
+        "client connections start with a PROXY v2 header",
+        "trusted proxies 10.0.0.0/8, 127.0.0.1/32",
+        socket.as_str(),
+        "  chat: least-conn",
+        "    PROXY v1 header sent to backends",
+        "    server 127.0.0.1:9001",
+        "    server dns:chat.default.svc.cluster.local:9000: every A/AAAA record, looked up every 5s",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no `{line}` in\n{stdout}"
+        );
+    }
+
+    let out = run(&["check", "--json"], &path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["proxy_protocol"], "v2");
+    assert_eq!(
+        doc["trusted_proxies"],
+        serde_json::json!(["10.0.0.0/8", "127.0.0.1/32"])
+    );
+    assert_eq!(
+        doc["handover_socket"],
+        dir.path("handover.sock").display().to_string()
+    );
+    let chat = &doc["upstreams"][0];
+    assert_eq!(chat["send_proxy_protocol"], "v1");
+    assert_eq!(
+        chat["dns"]["servers"],
+        serde_json::json!(["dns:chat.default.svc.cluster.local:9000"])
+    );
+    assert_eq!(chat["dns"]["resolve_interval"], "5s");
+
+    // Without them: no such lines, and null / empty in JSON.
+    let plain = run(&["check"], &config_file(&dir, "plain.toml", CONFIG));
+    let stdout = text(&plain.stdout);
+    for absent in ["PROXY", "trusted proxies", "hand-over socket"] {
+        assert!(!stdout.contains(absent), "`{absent}` in\n{stdout}");
+    }
+    let plain = run(
+        &["check", "--json"],
+        &config_file(&dir, "plain.toml", CONFIG),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(doc["proxy_protocol"], serde_json::Value::Null);
+    assert_eq!(doc["trusted_proxies"], serde_json::json!([]));
+    assert_eq!(
+        doc["upstreams"][0]["send_proxy_protocol"],
+        serde_json::Value::Null
+    );
+}
+
 #[test]
 fn check_json_says_the_same_for_tools() {
     let dir = TempDir::new("cli-json");

@@ -432,6 +432,96 @@ async fn a_reload_keeps_what_dns_found_and_a_static_list_replaces_it() {
     sb.stop().await;
 }
 
+/// `/readyz`: its status and body.
+async fn readyz(sb: &Switchboard) -> (u16, String) {
+    let response = http_get(sb.admin, "/readyz", &[]).await;
+    (response.status, response.body_text())
+}
+
+/// Waits until `/readyz` answers 200.
+async fn wait_until_ready(sb: &Switchboard) {
+    eventually("/readyz 200", || async {
+        (readyz(sb).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn readyz_waits_for_a_first_lookup_that_fails_until_it_is_over() {
+    let (port, _backends) = backends_on_one_port(&["a"]).await;
+    let dns = DnsResponder::start(NAME, &[ip(1)]).await;
+    dns.set_mode(Mode::Silent);
+    let sb = Switchboard::start(&config(&dns, port, "least-conn")).await;
+    eventually("the first query", || async {
+        (dns.queries() > 0).then_some(())
+    })
+    .await;
+    let (status, body) = readyz(&sb).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("chat (dns:{NAME}:{port})")),
+        "names what it waits for: {body}"
+    );
+    // A DNS outage does not keep it unready for ever: once the first attempt timed out (and
+    // was counted), it is ready, with the upstream empty until a lookup works.
+    wait_until_ready(&sb).await;
+    assert!(resolutions(&sb, "error").await >= 1.0);
+    assert!(serving(&sb).await.is_empty());
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_turns_200_once_the_first_answer_is_in_force() {
+    let (port, _backends) = backends_on_one_port(&["a"]).await;
+    let dns = DnsResponder::start(NAME, &[ip(1)]).await;
+    dns.set_mode(Mode::Silent);
+    let sb = Switchboard::start(&config(&dns, port, "least-conn")).await;
+    eventually("the first query", || async {
+        (dns.queries() > 0).then_some(())
+    })
+    .await;
+    assert_eq!(readyz(&sb).await.0, 503);
+    // The resolver asks again within its first lookup (a second attempt), and gets an answer.
+    dns.set_mode(Mode::Records);
+    wait_until_ready(&sb).await;
+    assert_eq!(resolutions(&sb, "error").await, 0.0, "one lookup, answered");
+    // Ready means routable: the answer's backend is already in the snapshot.
+    assert_eq!(serving(&sb).await, [format!("{}:{port}", ip(1))]);
+    let (mut ws, name) = connect(&sb, 0).await;
+    assert_eq!(name, "a");
+    echo(&mut ws, "ready").await;
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_starting_configs_lookups_gate_readiness() {
+    let (port, _backends) = backends_on_one_port(&["a"]).await;
+    let dns = DnsResponder::start(NAME, &[ip(1)]).await;
+    dns.set_mode(Mode::Silent);
+    let body = config(&dns, port, "least-conn");
+    let (sb, file) = Switchboard::start_file(&body).await;
+    assert_eq!(readyz(&sb).await.0, 503);
+
+    // A reload that drops the dns: server: nothing is left to wait for.
+    let dns_line = format!("servers = [\"dns:{NAME}:{port}\"]\nresolve_interval = \"200ms\"\n");
+    file.write(&body.replace(&dns_line, &format!("servers = [\"{}:{port}\"]\n", ip(1))));
+    let response = sb.admin_post("/admin/reload", &[]).await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert_eq!(readyz(&sb).await, (200, "ready\n".to_owned()));
+
+    // A reload that brings a dns: server (still unanswered) does not make it unready again.
+    file.write(&body);
+    let response = sb.admin_post("/admin/reload", &[]).await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let queries = dns.queries();
+    eventually("a lookup by the new config", || async {
+        (dns.queries() > queries).then_some(())
+    })
+    .await;
+    assert_eq!(readyz(&sb).await.0, 200);
+    sb.stop().await;
+}
+
 #[test]
 fn dns_config_mistakes_name_the_key_and_line() {
     let cases = [

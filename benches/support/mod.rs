@@ -1,8 +1,8 @@
 //! Helpers shared by the end-to-end benches (`e2e_load`, `edge_memory`, `upgrade_cost`,
 //! `handshake`), included by each with `#[path = "support/mod.rs"] mod support;`: WebSocket
 //! framing as a client and as an echo server (RFC 6455 §5), one whole upgrade cycle as a client,
-//! reading a message head, loopback ports, nginx as a WebSocket proxy, and a process's CPU time
-//! and RSS from /proc.
+//! reading a message head, loopback ports, nginx as a WebSocket proxy, and a process's (or one
+//! thread's) CPU time and RSS from /proc.
 
 // Each bench uses part of these.
 #![allow(dead_code)]
@@ -133,6 +133,33 @@ pub async fn upgrade_cycle(addr: SocketAddr) -> std::io::Result<()> {
 /// Echo backend: answers the upgrade, then echoes bytes.
 pub async fn echo_backend() -> SocketAddr {
     echo_backend_noting(None).await
+}
+
+/// An [`echo_backend`] on a thread of its own (a current-thread runtime), and that thread's
+/// ID: [`thread_cpu_seconds`] of the TID is then the backend's CPU time alone, the floor a
+/// proxy's CPU per message is read against (each echo costs the backend one read and one
+/// write; a proxy relays each message both ways).
+pub fn echo_backend_on_own_thread() -> (SocketAddr, u32) {
+    let (started, wait) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("echo-backend".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("backend runtime");
+            runtime.block_on(async move {
+                // `/proc/thread-self` links to `PID/task/TID` of the thread that reads it.
+                let tid = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|link| link.file_name()?.to_str()?.parse::<u32>().ok())
+                    .expect("/proc/thread-self names this thread");
+                let _ = started.send((echo_backend().await, tid));
+                std::future::pending::<()>().await
+            })
+        })
+        .expect("backend thread");
+    wait.recv().expect("the backend thread started")
 }
 
 /// When each upgrade request reached a backend.
@@ -322,7 +349,25 @@ pub fn median(values: &mut [f64]) -> f64 {
 
 /// CPU seconds (utime + stime) and RSS (KiB) of process `pid`; zeros once it is gone.
 pub fn proc_stat(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let cpu = stat_cpu_seconds(&format!("/proc/{pid}/stat"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+/// CPU seconds (utime + stime) of thread `tid` of this process alone, from
+/// `/proc/self/task/TID/stat` (`/proc/TID/stat` would give the whole process's).
+pub fn thread_cpu_seconds(tid: u32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime of a `stat` file in /proc, in seconds.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // After the ")" that ends the command name: utime is field 12, stime field 13.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -332,13 +377,7 @@ pub fn proc_stat(pid: u32) -> (f64, u64) {
         .iter()
         .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
         .sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks as f64 / 100.0, rss) // USER_HZ is 100 on Linux
+    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
 }
 
 /// CPU seconds of `pid`'s live threads, from `/proc/PID/task/*/schedstat` (nanoseconds).

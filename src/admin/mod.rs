@@ -1,5 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (the process is up),
-//! `/readyz` (503 once draining, so a load balancer in front stops sending new clients), and the
+//! `/readyz` (503 until the first lookup of every `dns:` server of the starting config is over,
+//! so a new replica gets no traffic before it knows its backends, and 503 once draining, so a
+//! load balancer in front stops sending new clients), and the
 //! `/admin/*` API ([`api`]). It calls into process state; it never reaches into the proxy's
 //! internals.
 //!
@@ -88,7 +90,17 @@ async fn respond(
             "text/plain",
             "draining\n".to_owned(),
         ),
-        (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        (&Method::GET, "/readyz") => match proxy.warming.waiting() {
+            waiting if waiting.is_empty() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            waiting => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!(
+                    "waiting for the first DNS lookup of {}\n",
+                    waiting.join(", ")
+                ),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

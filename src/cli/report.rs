@@ -16,6 +16,12 @@ pub struct Report {
     pub ok: bool,
     /// Every listener: `http`, `https` and `admin`, in that order.
     pub listeners: Vec<ListenerReport>,
+    /// `proxy_protocol`: `v1` or `v2`, the header every client connection starts with; `None`: off.
+    pub proxy_protocol: Option<&'static str>,
+    /// `trusted_proxies`, each block as `network/prefix`; empty: no peer is trusted.
+    pub trusted_proxies: Vec<String>,
+    /// `[admin] handover_socket`; `None`: no take-over of this process.
+    pub handover_socket: Option<String>,
     /// `[log]`.
     pub log: LogReport,
     /// Routes in file order.
@@ -91,6 +97,8 @@ pub struct UpstreamReport {
     pub load_factor: Option<f64>,
     /// TLS to the backends.
     pub tls: Option<BackendTlsReport>,
+    /// `send_proxy_protocol`: `v1` or `v2`, the header sent first to the backends; `None`: off.
+    pub send_proxy_protocol: Option<&'static str>,
     /// The backends in file order.
     pub servers: Vec<ServerReport>,
     /// The `dns:NAME:PORT` servers in file order, and how often they are looked up.
@@ -221,6 +229,17 @@ impl Report {
             config: path.to_owned(),
             ok: true,
             listeners,
+            proxy_protocol: config.proxy_protocol.map(|v| v.as_str()),
+            trusted_proxies: config
+                .trusted_proxies
+                .blocks()
+                .iter()
+                .map(|block| block.to_string())
+                .collect(),
+            handover_socket: config
+                .handover_socket
+                .as_ref()
+                .map(|path| path.display().to_string()),
             log: LogReport {
                 format: match config.log_format {
                     LogFormat::Text => "text",
@@ -245,6 +264,7 @@ fn upstream(upstream: &crate::config::Upstream) -> UpstreamReport {
             server_name: tls.server_name.clone(),
             ca: tls.ca.as_ref().map(|ca| ca.display().to_string()),
         }),
+        send_proxy_protocol: upstream.send_proxy_protocol.map(|v| v.as_str()),
         servers: upstream
             .servers
             .iter()

@@ -14,6 +14,15 @@ impl fmt::Display for Report {
                 kind => writeln!(f, "listen {} ({kind})", listener.address)?,
             }
         }
+        if let Some(version) = self.proxy_protocol {
+            writeln!(f, "client connections start with a PROXY {version} header")?;
+        }
+        if !self.trusted_proxies.is_empty() {
+            writeln!(f, "trusted proxies {}", self.trusted_proxies.join(", "))?;
+        }
+        if let Some(path) = &self.handover_socket {
+            writeln!(f, "hand-over socket {path}")?;
+        }
         writeln!(f, "log    {}, level {}", self.log.format, self.log.level)?;
         writeln!(f, "routes:")?;
         for route in &self.routes {
@@ -69,6 +78,9 @@ fn write_upstream(f: &mut fmt::Formatter<'_>, upstream: &UpstreamReport) -> fmt:
             tls.server_name,
             tls.ca.as_deref().unwrap_or("the system roots")
         )?;
+    }
+    if let Some(version) = upstream.send_proxy_protocol {
+        writeln!(f, "    PROXY {version} header sent to backends")?;
     }
     for server in &upstream.servers {
         write!(f, "    server {}", server.addr)?;

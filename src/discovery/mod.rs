@@ -13,9 +13,11 @@
 //! still valid). A failed lookup, and an empty one (NXDOMAIN, no records), keep the last good set
 //! (a DNS hiccup must not drain every backend) and are retried after `resolve_interval`. If the
 //! first lookup fails, the upstream starts without these backends (503) and keeps trying, as
-//! Envoy's STRICT_DNS clusters do.
+//! Envoy's STRICT_DNS clusters do. `/readyz` waits until every server's first lookup is over
+//! and applied ([`warming`]).
 
 pub mod lookup;
+pub mod warming;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +119,7 @@ pub async fn run(
     });
     let mut resolver = None;
     let mut failing = vec![false; upstream.dns.len()];
+    let mut warm = false;
     loop {
         let mut wait = upstream.resolve_interval;
         let mut found = Vec::new();
@@ -166,6 +169,14 @@ pub async fn run(
                 return;
             };
             reloader.rediscover(&stop, &upstream.name, found).await;
+        }
+        // Every server was tried once (or the resolver could not be built) and what was found
+        // is in the snapshot: warming is over for them, unless a reload took over meanwhile
+        // (its own task looks them up again).
+        if !std::mem::replace(&mut warm, true) && !stop.is_cancelled() {
+            for server in &upstream.dns {
+                proxy.warming.finished(&upstream.name, &server.spec);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

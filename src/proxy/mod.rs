@@ -51,6 +51,8 @@ pub struct Proxy {
     pub backends: BackendRegistry,
     /// What the `dns:` servers resolved to last; each snapshot's balancers include it.
     pub discovered: crate::discovery::Discovered,
+    /// The starting config's `dns:` servers not looked up yet: `/readyz` waits for them.
+    pub warming: crate::discovery::warming::Warming,
     /// Pooled backend clients by TLS settings and connect timeout, so a reload keeps warm pools.
     pools: Mutex<HashMap<snapshot::PoolKey, http::BackendClient>>,
     /// Drain and force tokens.
@@ -74,6 +76,7 @@ impl Proxy {
         metrics.tunnels_limit.set(config.limits.max_tunnels as i64);
         let backends = BackendRegistry::default();
         let discovered = crate::discovery::Discovered::default();
+        let warming = crate::discovery::warming::Warming::new(&config);
         let mut pools = HashMap::new();
         let (first, _) = Snapshot::build(
             config,
@@ -90,6 +93,7 @@ impl Proxy {
             tunnel_slots,
             backends,
             discovered,
+            warming,
             pools: Mutex::new(pools),
             shutdown,
             snapshot: ArcSwap::from_pointee(first),
@@ -107,6 +111,7 @@ impl Proxy {
     /// those that left (no longer configured: the caller drains them).
     pub fn apply(&self, config: Config) -> snapshot::Applied {
         self.discovered.retain(&config);
+        self.warming.retain(&config);
         self.revive_leaving(&config);
         let (next, joined) = self.build(config);
         let left = self.backends.remove_absent(&next.balancers);

@@ -110,6 +110,11 @@ impl TrustedProxies {
         TrustedProxies(blocks)
     }
 
+    /// The blocks, in file order (what `switchboard check` shows).
+    pub fn blocks(&self) -> &[Cidr] {
+        &self.0
+    }
+
     /// Whether no peer is trusted.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -1,6 +1,6 @@
 //! A tiny authoritative DNS responder for tests, on 127.0.0.1 UDP (and TCP) port 0: it answers
 //! A queries for one name from a record set the test changes while it runs, and can be told to
-//! answer SERVFAIL or NXDOMAIN. Hand-rolled (RFC 1035 §4.1: header, question, answers with a
+//! answer SERVFAIL or NXDOMAIN, or not to answer. Hand-rolled (RFC 1035 §4.1: header, question, answers with a
 //! compression pointer to the question's name) because that is all a lookup needs; a full
 //! server crate would bring a second DNS implementation into the tests for nothing.
 
@@ -19,6 +19,9 @@ pub enum Mode {
     ServFail,
     /// NXDOMAIN: the name does not exist.
     NxDomain,
+    /// No answer at all (the query is counted, then dropped): a nameserver that is down or
+    /// slow, so a lookup waits for the resolver's timeout.
+    Silent,
 }
 
 struct State {
@@ -136,7 +139,8 @@ impl Drop for DnsResponder {
     }
 }
 
-/// The reply to one query, or `None` for bytes that are not a query.
+/// The reply to one query, or `None` for bytes that are not a query (and for every query while
+/// [`Mode::Silent`]).
 fn answer(state: &Mutex<State>, query: &[u8]) -> Option<Vec<u8>> {
     if query.len() < 12 || query[2] & 0x80 != 0 {
         return None;
@@ -163,6 +167,7 @@ fn answer(state: &Mutex<State>, query: &[u8]) -> Option<Vec<u8>> {
         state.asked_a.push(std::time::Instant::now());
     }
     let (rcode, records) = match state.mode {
+        Mode::Silent => return None,
         Mode::ServFail => (2u8, Vec::new()),
         Mode::NxDomain => (3, Vec::new()),
         Mode::Records if !ours => (3, Vec::new()),
