@@ -54,30 +54,34 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// Accept loops for the given listeners on each of `event_loops`, one connection limit
-    /// across them (published as `switchboard_connections_limit`; a reload cannot change it).
-    pub fn start(
+    /// A front end that accepts on each of `event_loops` once given listeners ([`Self::listen`]),
+    /// with one connection limit across them (published as `switchboard_connections_limit`; a
+    /// reload cannot change it). Separate from `listen` so a process taking the listeners over
+    /// can get ready (its first DNS lookups) before it accepts one connection.
+    pub fn new(
         proxy: Arc<Proxy>,
         terminator: Option<Arc<TlsTerminator>>,
         max_connections: usize,
-        listeners: [(Kind, Option<TcpListener>); 2],
         event_loops: Vec<Handle>,
     ) -> Arc<Self> {
         let slots = ConnectionLimit::clients(max_connections, &proxy.metrics);
-        let frontend = Arc::new(Frontend {
+        Arc::new(Frontend {
             proxy,
             terminator,
             slots,
             connections: TaskTracker::new(),
             loops: Mutex::new(Vec::new()),
             event_loops,
-        });
+        })
+    }
+
+    /// Starts the accept loops of the given listeners.
+    pub fn listen(&self, listeners: [(Kind, Option<TcpListener>); 2]) {
         for (kind, listener) in listeners {
             if let Some(listener) = listener {
-                frontend.serve(kind, listener);
+                self.serve(kind, listener);
             }
         }
-        frontend
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AcceptLoop>> {

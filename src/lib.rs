@@ -146,17 +146,32 @@ pub async fn run_with(
     metrics
         .config_last_reload_success_timestamp_seconds
         .set(reload::unix_now());
-    let frontend = Frontend::start(
+    let frontend = Frontend::new(
         proxy.clone(),
         terminator.clone(),
         config.limits.max_connections,
-        [
-            (frontend::Kind::Plain, listeners.plain),
-            (frontend::Kind::Tls, listeners.tls),
-        ],
         event_loops,
     );
     let reloader = Reloader::start(proxy.clone(), terminator, frontend.clone());
+    if predecessor.is_some() {
+        // The predecessor accepts on the same sockets until told `ready`: accepting here only
+        // once the first DNS lookups are in means no client reaches an upstream that does
+        // not know its backends yet.
+        if tokio::time::timeout(handover::WARM_WAIT, proxy.warming.warm())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waiting = ?proxy.warming.waiting(),
+                wait_s = handover::WARM_WAIT.as_secs(),
+                "taking the listeners over before the first DNS lookups are over"
+            );
+        }
+    }
+    frontend.listen([
+        (frontend::Kind::Plain, listeners.plain),
+        (frontend::Kind::Tls, listeners.tls),
+    ]);
     if config.path.is_some() {
         reload::watch_sighup(reloader.clone(), shutdown.clone());
     }

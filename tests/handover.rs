@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use support::backends::{EchoBackend, HttpBackend};
 use support::clients::{expect_close, http_get, ws_connect};
+use support::dns::{DnsResponder, Mode};
 use support::process::{Process, config, get, ready};
 use support::tls::TempDir;
 use support::{DEADLINE, eventually, metric, two_free_addrs};
@@ -269,6 +270,79 @@ async fn a_failed_take_over_leaves_the_running_process_serving() {
     assert_eq!(get(listen).await, Ok("a".to_owned()));
     assert!(old.log().contains("take-over failed"), "{}", old.log());
     old.terminate().await;
+}
+
+#[tokio::test]
+async fn a_take_over_accepts_only_once_its_first_dns_lookups_are_in() {
+    let (a, b, echo) = (
+        HttpBackend::start("a").await,
+        HttpBackend::start("b").await,
+        EchoBackend::start("echo").await,
+    );
+    let dns = DnsResponder::start("web.sb.test", &[std::net::Ipv4Addr::LOCALHOST]).await;
+    dns.set_mode(Mode::Silent);
+    let dir = TempDir::new("handover-dns");
+    let socket = dir.path("handover.sock");
+    let (listen, admin) = two_free_addrs();
+    let old_config = config(listen, admin, &socket, a.addr, echo.addr);
+    let mut old = Process::start(&dir, "old", &old_config, None);
+    ready(admin, &old).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally, client) = load(listen, stop.clone());
+
+    // The new process's web upstream is `b` through DNS, whose first answer is late: a query
+    // times out after 5 s (resolve_interval) and is asked again.
+    let new_config = format!(
+        "{}[dns]\nnameservers = [\"{}\"]\n",
+        old_config.replace(
+            &format!("[upstream.web]\nservers = [\"{}\"]\n", a.addr),
+            &format!(
+                "[upstream.web]\nservers = [\"dns:web.sb.test:{}\"]\nresolve_interval = \"5s\"\n",
+                b.addr.port()
+            ),
+        ),
+        dns.addr
+    );
+    let new = Process::start(&dir, "new", &new_config, Some(&socket));
+    eventually("the new process asks DNS", || async {
+        (dns.queries() > 0).then_some(())
+    })
+    .await;
+    // While it waits, the old process goes on answering every connection.
+    let asked = tally.lock().unwrap().answers.len();
+    eventually(
+        "the old process answers while the new one waits",
+        || async { (tally.lock().unwrap().answers.len() >= asked + 100).then_some(()) },
+    )
+    .await;
+    assert!(
+        !old.log().contains("handed the listeners over"),
+        "handed over before the first lookup was in:\n{}",
+        old.log()
+    );
+    dns.set_mode(Mode::Records);
+    let status = old.exit().await;
+    assert_eq!(status.code(), Some(0), "old process:\n{}", old.log());
+    let at_exit = tally.lock().unwrap().answers.len();
+    eventually("the new process answers the load", || async {
+        (tally.lock().unwrap().answers.len() >= at_exit + 50).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    client.await.unwrap();
+    {
+        let tally = tally.lock().unwrap();
+        assert!(
+            tally.failures.is_empty(),
+            "{} connections failed (a 503 from an upstream that knew no backend yet?): {:?}\nnew:\n{}",
+            tally.failures.len(),
+            &tally.failures[..tally.failures.len().min(5)],
+            new.log()
+        );
+        assert!(tally.answers[at_exit..].iter().all(|name| name == "b"));
+        assert!(tally.count("a") >= 100);
+    }
+    new.terminate().await;
 }
 
 #[test]

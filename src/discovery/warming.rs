@@ -11,6 +11,8 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 use crate::config::Config;
 
 /// The `dns:` servers of the starting config whose first lookup is not over yet, by
@@ -18,6 +20,8 @@ use crate::config::Config;
 #[derive(Default)]
 pub struct Warming {
     pending: Mutex<BTreeSet<(String, String)>>,
+    /// Woken whenever `pending` shrinks, for [`Warming::warm`].
+    shrunk: Notify,
 }
 
 impl Warming {
@@ -30,6 +34,7 @@ impl Warming {
             .collect();
         Warming {
             pending: Mutex::new(pending),
+            shrunk: Notify::new(),
         }
     }
 
@@ -40,6 +45,7 @@ impl Warming {
     /// The first lookup of `spec` of `upstream` is over (whatever it found), and applied.
     pub fn finished(&self, upstream: &str, spec: &str) {
         self.lock().remove(&(upstream.to_owned(), spec.to_owned()));
+        self.shrunk.notify_waiters();
     }
 
     /// Stops waiting for the servers that `config` (a reload) no longer has: nobody looks them
@@ -51,6 +57,21 @@ impl Warming {
                 .iter()
                 .any(|u| u.name == *upstream && u.dns.iter().any(|d| d.spec == *spec))
         });
+        self.shrunk.notify_waiters();
+    }
+
+    /// Returns once nothing is waited for (at once without `dns:` servers).
+    pub async fn warm(&self) {
+        loop {
+            let shrunk = self.shrunk.notified();
+            tokio::pin!(shrunk);
+            // Registered before the check, so a change between the two is not missed.
+            shrunk.as_mut().enable();
+            if self.lock().is_empty() {
+                return;
+            }
+            shrunk.await;
+        }
     }
 
     /// What is still waited for, one `upstream (dns:NAME:PORT)` each; empty once warm.

@@ -31,6 +31,10 @@
 //! of the new config with the same local address; a listener whose address changed is bound
 //! anew (said in a log line); a received socket no listener wants is closed.
 //!
+//! Before it accepts at all, the new process waits (at most [`WARM_WAIT`]) for the first
+//! lookups of its `dns:` servers, the wait `/readyz` makes at any start: the old process keeps
+//! accepting meanwhile, so no client is answered by an upstream that knows no backend yet.
+//!
 //! The same adoption serves systemd socket activation ([`systemd`]).
 
 pub mod giver;
@@ -46,6 +50,10 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 pub use prepared::Prepared;
+
+/// How long a process taking over waits for its first DNS lookups before it accepts anyway;
+/// under [`giver::READY_WAIT`], after which the old process gives up on it.
+pub const WARM_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 use crate::config::Config;
 use crate::{Listeners, listener};
