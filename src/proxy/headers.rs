@@ -11,8 +11,11 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, request::Parts};
 
+/// How many headers are hop-by-hop whatever `Connection` says.
+const HOP_BY_HOP_COUNT: usize = 7;
+
 /// Headers that are hop-by-hop whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -48,16 +51,36 @@ pub fn is_websocket_upgrade(parts: &Parts) -> bool {
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
-        .collect();
+    // What browsers and servers put in `Connection` (`upgrade`, `keep-alive`, `close`) is in
+    // the fixed set or names no header: only other names are collected, so the usual request
+    // allocates nothing here.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            let fixed = HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+            if fixed || token.is_empty() || token.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    // One pass over the names is cheaper than seven hashed removes, most of them of headers
+    // that are not there.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
@@ -82,7 +105,8 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`. `host` is the Host the client asked for.
+/// `X-Forwarded-Host`. `host` is the Host the client asked for. Runs on every request and
+/// upgrade, so each list is built in one string that becomes the header value without a copy.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
@@ -93,36 +117,50 @@ pub fn add_forwarded(
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(client),
         v4 => v4,
     };
-    let client_text = client.to_string();
-    append_list(headers, &X_FORWARDED_FOR, &client_text);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let mut for_list = list_so_far(headers, &X_FORWARDED_FOR, 16);
+    let start = for_list.len();
+    push_ip(&mut for_list, client);
+    let client_text = &for_list[start..];
 
     // RFC 7239 §6: an IPv6 address is bracketed and the whole node quoted; a host with a port
     // contains ':' which is not a token character, so it is always quoted.
-    let mut element = match client {
-        IpAddr::V4(_) => format!("for={client_text}"),
-        IpAddr::V6(_) => format!("for=\"[{client_text}]\""),
-    };
-    element.push_str(";proto=");
-    element.push_str(proto);
-    if let Some(host) = host {
-        if let Ok(value) = HeaderValue::from_str(host) {
-            headers.insert(&X_FORWARDED_HOST, value);
+    let mut forwarded = list_so_far(headers, &header::FORWARDED, 64);
+    match client {
+        IpAddr::V4(_) => {
+            forwarded.push_str("for=");
+            forwarded.push_str(client_text);
         }
-        if host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            element.push_str(";host=\"");
-            element.push_str(host);
-            element.push('"');
+        IpAddr::V6(_) => {
+            forwarded.push_str("for=\"[");
+            forwarded.push_str(client_text);
+            forwarded.push_str("]\"");
         }
     }
-    append_list(headers, &header::FORWARDED, &element);
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    let quotable = |host: &str| {
+        host.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    };
+    if let Some(host) = host.filter(|h| quotable(h)) {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
+    }
+
+    set_value(headers, &X_FORWARDED_FOR, for_list);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = host
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert(&X_FORWARDED_HOST, value);
+    }
+    set_value(headers, &header::FORWARDED, forwarded);
 }
 
-/// Appends `item` to a comma-separated list header, joining multiple lines into one.
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+/// The values of list header `name` joined with ", " and followed by ", " (empty when there
+/// are none), with room for `more` bytes: where the next item goes.
+fn list_so_far(headers: &HeaderMap, name: &HeaderName, more: usize) -> String {
     let mut joined = String::new();
     for value in headers.get_all(name) {
         if let Ok(text) = value.to_str() {
@@ -130,9 +168,39 @@ fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
             joined.push_str(", ");
         }
     }
-    joined.push_str(item);
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    joined.reserve(more);
+    joined
+}
+
+/// Replaces header `name` with `text`, whose buffer becomes the value (no copy). Text that is
+/// not a valid value (a client's own bytes in a list) leaves the header as it was.
+fn set_value(headers: &mut HeaderMap, name: &HeaderName, text: String) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)) {
         headers.insert(name, value);
+    }
+}
+
+/// Writes `ip` as text: IPv4 digit by digit (the common case, without `core::fmt`).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -182,6 +250,20 @@ mod tests {
         remove_hop_by_hop(&mut p.headers);
         let names: Vec<&str> = p.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<IpAddr> = (0..=255u8)
+            .map(|n| IpAddr::from([n, 255 - n, n / 3, 100]))
+            .collect();
+        ips.push("::1".parse().unwrap());
+        ips.push("2001:db8::8a2e:370:7334".parse().unwrap());
+        for ip in ips {
+            let mut text = String::from("x");
+            push_ip(&mut text, ip);
+            assert_eq!(text, format!("x{ip}"));
+        }
     }
 
     #[test]
