@@ -300,10 +300,15 @@ fn free_addr(ip: Ipv4Addr) -> SocketAddr {
     probe.local_addr().unwrap()
 }
 
-/// A port free on every one of `ips` a moment ago.
+/// A port free on every one of `ips` a moment ago: the namespaces' backend port when it is
+/// free (fixed addresses hash the same every run, so the share of keys a new backend takes is
+/// the same every run too), else a random one.
 fn free_port_on_all(ips: &[Ipv4Addr]) -> u16 {
-    for _ in 0..50 {
-        let port = free_addr(ips[0]).port();
+    for attempt in 0..50 {
+        let port = match attempt {
+            0 => netns::BACKEND_PORT,
+            _ => free_addr(ips[0]).port(),
+        };
         let held: Vec<_> = ips
             .iter()
             .map_while(|ip| std::net::TcpListener::bind((*ip, port)).ok())
