@@ -267,10 +267,16 @@ async fn answer(
     response
 }
 
-/// An address where nothing listens: connects are refused at once.
+/// An address where nothing listens: connects are refused at once. The port stays bound (by a
+/// socket that never listens, kept for the rest of the test process), so a test running
+/// beside this one cannot be given it and start answering there.
 pub async fn refusing_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    static HELD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// A backend that accepts connections and never answers; it keeps them open.
