@@ -63,18 +63,7 @@ fn config(dns: &DnsResponder, port: u16, balance: &str) -> String {
 
 /// The backends `/admin/upstreams` lists for `chat` that take connections (not draining).
 async fn serving(sb: &Switchboard) -> Vec<String> {
-    let upstreams = sb.upstreams().await;
-    let mut names: Vec<String> = upstreams["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["name"] == "chat")
-        .flat_map(|u| u["backends"].as_array().unwrap().clone())
-        .filter(|b| b["state"] != "draining")
-        .map(|b| b["addr"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
+    support::serving_backends(&sb.upstreams().await, "chat")
 }
 
 /// Waits until `chat` serves exactly the backends on `lasts` (127.0.0.N:port).

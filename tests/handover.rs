@@ -90,6 +90,31 @@ async fn upgrade_once(addr: SocketAddr) -> Result<String, String> {
         .unwrap_or_else(|_| Err("no upgrade within the deadline".into()))
 }
 
+/// The process being taken over: serving `web` = `a` and `/ws` = `echo` on fresh addresses,
+/// with a hand-over socket in `dir`, and ready.
+struct Old {
+    process: Process,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    socket: std::path::PathBuf,
+    config: String,
+}
+
+async fn start_old(dir: &TempDir, a: SocketAddr, echo: SocketAddr) -> Old {
+    let socket = dir.path("handover.sock");
+    let (listen, admin) = two_free_addrs();
+    let config = config(listen, admin, &socket, a, echo);
+    let process = Process::start(dir, "old", &config, None);
+    ready(admin, &process).await;
+    Old {
+        process,
+        listen,
+        admin,
+        socket,
+        config,
+    }
+}
+
 #[tokio::test]
 async fn a_new_process_takes_the_listeners_over_and_not_one_connection_is_refused() {
     let (a, b, echo) = (
@@ -98,15 +123,13 @@ async fn a_new_process_takes_the_listeners_over_and_not_one_connection_is_refuse
         EchoBackend::start("echo").await,
     );
     let dir = TempDir::new("handover");
-    let socket = dir.path("handover.sock");
-    let (listen, admin) = two_free_addrs();
-    let old = Process::start(
-        &dir,
-        "old",
-        &config(listen, admin, &socket, a.addr, echo.addr),
-        None,
-    );
-    ready(admin, &old).await;
+    let Old {
+        process: old,
+        listen,
+        admin,
+        socket,
+        ..
+    } = start_old(&dir, a.addr, echo.addr).await;
     let mut tunnels = Vec::new();
     for i in 0..3 {
         let mut ws = ws_connect(&format!("ws://{listen}/ws")).await;
@@ -209,15 +232,13 @@ async fn a_failed_take_over_leaves_the_running_process_serving() {
         EchoBackend::start("echo").await,
     );
     let dir = TempDir::new("handover-fail");
-    let socket = dir.path("handover.sock");
-    let (listen, admin) = two_free_addrs();
-    let old = Process::start(
-        &dir,
-        "old",
-        &config(listen, admin, &socket, a.addr, echo.addr),
-        None,
-    );
-    ready(admin, &old).await;
+    let Old {
+        process: old,
+        listen,
+        admin,
+        socket,
+        ..
+    } = start_old(&dir, a.addr, echo.addr).await;
 
     // Nothing at the path.
     let mut lost = Process::start(
@@ -282,11 +303,13 @@ async fn a_take_over_accepts_only_once_its_first_dns_lookups_are_in() {
     let dns = DnsResponder::start("web.sb.test", &[std::net::Ipv4Addr::LOCALHOST]).await;
     dns.set_mode(Mode::Silent);
     let dir = TempDir::new("handover-dns");
-    let socket = dir.path("handover.sock");
-    let (listen, admin) = two_free_addrs();
-    let old_config = config(listen, admin, &socket, a.addr, echo.addr);
-    let mut old = Process::start(&dir, "old", &old_config, None);
-    ready(admin, &old).await;
+    let Old {
+        process: mut old,
+        listen,
+        socket,
+        config: old_config,
+        ..
+    } = start_old(&dir, a.addr, echo.addr).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (tally, client) = load(listen, stop.clone());
 

@@ -171,6 +171,22 @@ pub fn one_upstream(servers: &str, extra: &str) -> String {
     )
 }
 
+/// The backends of `upstream` in an `/admin/upstreams` answer that take new connections (not
+/// draining), as their addresses, sorted.
+pub fn serving_backends(upstreams: &serde_json::Value, upstream: &str) -> Vec<String> {
+    let mut addrs: Vec<String> = upstreams["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["name"] == upstream)
+        .flat_map(|u| u["backends"].as_array().unwrap().clone())
+        .filter(|b| b["state"] != "draining")
+        .map(|b| b["addr"].as_str().unwrap().to_owned())
+        .collect();
+    addrs.sort();
+    addrs
+}
+
 /// Re-checks `check` until it returns `Some`, failing the test after [`DEADLINE`]. For effects
 /// that happen after the action that caused them (a counter decremented when a task ends).
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T

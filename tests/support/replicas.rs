@@ -254,14 +254,9 @@ impl Cluster {
     pub async fn serving(&self, i: usize) -> Vec<SocketAddr> {
         let response = http_get(self.admin(i), "/admin/upstreams", &[]).await;
         let upstreams: serde_json::Value = serde_json::from_str(&response.body_text()).unwrap();
-        let mut addrs: Vec<SocketAddr> = upstreams["upstreams"]
-            .as_array()
-            .unwrap()
+        let mut addrs: Vec<SocketAddr> = super::serving_backends(&upstreams, "chat")
             .iter()
-            .filter(|u| u["name"] == "chat")
-            .flat_map(|u| u["backends"].as_array().unwrap().clone())
-            .filter(|b| b["state"] != "draining")
-            .map(|b| b["addr"].as_str().unwrap().parse().unwrap())
+            .map(|a| a.parse().unwrap())
             .collect();
         addrs.sort();
         addrs
