@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -223,22 +224,29 @@ pub async fn upgrade(
         extensions,
     };
     // Two kinds of task, each sized for its own tunnel: a plain HTTP/1.1 connection's socket
-    // is unwrapped, anything else (TLS, HTTP/2 streams) runs on hyper's `Upgraded`.
-    let went_away = |e: hyper::Error| tracing::debug!(error = %error_chain(&e), "client went away before the upgrade");
+    // is unwrapped, anything else (TLS, HTTP/2 streams) runs on hyper's `Upgraded`. Each task
+    // is `then`, not an `async` block: `then` keeps the state of waiting for the upgrade and
+    // the running tunnel in one union, where an `async` block would keep the tunnel's parts
+    // (moved out, dead) beside the running tunnel for its whole life (the plain task's future
+    // was 1 168 B, the tunnel alone is 888 B; e2e_load's idle RSS went 2.63 → 2.46 KiB).
+    let went_away = |e: hyper::Error| {
+        tracing::debug!(error = %error_chain(&e), "client went away before the upgrade");
+        std::future::ready(())
+    };
     if protocol == ClientProtocol::Http1 && conn.proto == "http" {
-        proxy.tunnels.spawn(async move {
-            match client_upgrade.await {
-                Ok(client_io) => run_unwrapped(tunnel, client_io, backend_io).await,
-                Err(e) => went_away(e),
-            }
-        });
+        proxy
+            .tunnels
+            .spawn(client_upgrade.then(move |upgraded| match upgraded {
+                Ok(client_io) => Either::Left(run_unwrapped(tunnel, client_io, backend_io)),
+                Err(e) => Either::Right(went_away(e)),
+            }));
     } else {
-        proxy.tunnels.spawn(async move {
-            match client_upgrade.await {
-                Ok(client_io) => tunnel.run(TokioIo::new(client_io), backend_io).await,
-                Err(e) => went_away(e),
-            }
-        });
+        proxy
+            .tunnels
+            .spawn(client_upgrade.then(move |upgraded| match upgraded {
+                Ok(client_io) => Either::Left(tunnel.run(TokioIo::new(client_io), backend_io)),
+                Err(e) => Either::Right(went_away(e)),
+            }));
     }
 
     let mut reply = Response::new(ResponseBody::empty());
