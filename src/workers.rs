@@ -49,7 +49,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Only the runtime this is called on: what tests and the shared mode use.
+    /// Only the runtime this is called on: what tests and the shared mode use. Called from
+    /// inside that runtime (it starts the runtime's timer anchor there, see `anchor_timers`);
+    /// the anchor ends when the `Workers` are dropped.
     pub fn current() -> Self {
         let stop = CancellationToken::new();
         tokio::spawn(stop.clone().run_until_cancelled_owned(anchor_timers()));
@@ -103,7 +105,7 @@ impl Drop for Workers {
 }
 
 /// How often each loop's anchoring timer fires (see [`anchor_timers`]).
-pub const TIMER_ANCHOR_PERIOD: Duration = Duration::from_secs(1);
+const TIMER_ANCHOR_PERIOD: Duration = Duration::from_secs(1);
 
 /// Keeps a timer due within [`TIMER_ANCHOR_PERIOD`] on this loop, for ever.
 ///
