@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 
 use super::ConnInfo;
 use crate::balancer::Lease;
 pub use control::{CloseAll, CloseRequest, Control, TunnelRegistry};
 use frames::Extensions;
-use splice::Splice;
+use splice::{End, Splice};
 
 /// Why a tunnel ended; the `reason` label of `switchboard_tunnels_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,25 +246,30 @@ impl Tunnel {
         B: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let mut splice = Splice::new(client, backend, self.extensions, &self.shared);
-        async move { self.relay(&mut splice).await }
+        // One frame, not an `async fn` called from here: a nested one would keep its own
+        // copies of its arguments for the tunnel's whole life.
+        async move {
+            let backend_state = self.lease.backend();
+            let _active =
+                GaugeGuard::new(&backend_state.metrics.tunnels_active[self.conn.protocol.index()]);
+            let registration = self.shared.registry.register(backend_state.clone());
+            let end = splice.run(&self.shared, &registration).await;
+            drop(registration);
+            self.finish(&mut splice, end);
+        }
     }
 
-    async fn relay<C, B>(&self, splice: &mut Splice<C, B>)
+    /// Publishes, counts and logs the tunnel that ended with `end`.
+    fn finish<C, B>(&self, splice: &mut Splice<C, B>, end: End)
     where
         C: AsyncRead + AsyncWrite + Unpin + 'static,
         B: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let started = Instant::now();
         let shared = &*self.shared;
         let backend_state = self.lease.backend();
-        let _active =
-            GaugeGuard::new(&backend_state.metrics.tunnels_active[self.conn.protocol.index()]);
-        let registration = shared.registry.register(backend_state.clone());
-        let end = splice.run(shared, &registration, started).await;
-        drop(registration);
         splice.publish(shared);
 
-        let lifetime = started.elapsed();
+        let lifetime = splice.started.elapsed();
         shared.duration.observe(lifetime.as_secs_f64());
         let code = end.code.map(CodeLabel);
         let code_label = code.as_ref().map_or("none", CodeLabel::as_str);

@@ -52,6 +52,8 @@ pub(super) struct Splice<C, B> {
     /// ends the tunnel and closing the sockets sends both FINs (two `shutdown` calls and a
     /// wait for the second EOF saved). Not over TLS, whose streams end with close_notify.
     fast_close: bool,
+    /// When the tunnel started: its clocks count from here, and its duration.
+    pub(super) started: Instant,
 }
 
 impl<C, B> Splice<C, B>
@@ -75,6 +77,7 @@ where
             first_close: None,
             first_code: None,
             fast_close: is_tcp::<C>() && is_tcp::<B>(),
+            started: Instant::now(),
         }
     }
 
@@ -102,33 +105,36 @@ where
     }
 
     /// Relays until the tunnel ends.
-    pub(super) async fn run(
-        &mut self,
-        shared: &TunnelShared,
-        registration: &Registration,
-        started: Instant,
-    ) -> End {
+    ///
+    /// Its state across the wait is kept small on purpose, since an idle tunnel is mostly this
+    /// future: no copy of the start time (it is in the splice), the timer's deadline read back
+    /// from the timer, and the clocks and the close in one struct the poll borrows once.
+    pub(super) async fn run(&mut self, shared: &TunnelShared, registration: &Registration) -> End {
+        let started = self.started;
         let settings = &shared.settings;
         let lifetime_end = settings.max_lifetime.map(|life| {
             let jitter = settings.lifetime_jitter * (2.0 * rand::random::<f64>() - 1.0);
             started + life.mul_f64(1.0 + jitter)
         });
-        let mut state = Timing {
-            last_active: started,
-            last_to_client: started,
-            lifetime_end,
-            next_publish: started + PUBLISH_EVERY,
-            pings_unanswered: 0,
-            ping_queued: false,
+        let mut clocks = Clocks {
+            state: Timing {
+                last_active: started,
+                last_to_client: started,
+                lifetime_end,
+                next_publish: started + PUBLISH_EVERY,
+                pings_unanswered: 0,
+                ping_queued: false,
+            },
+            closing: None,
         };
-        let mut closing: Option<Box<Closing>> = None;
-        let mut armed = self.next_deadline(settings, &state, &closing);
-        let timer = tokio::time::sleep_until(armed);
+        let timer = tokio::time::sleep_until(self.next_deadline(settings, &clocks.state, &None));
         tokio::pin!(timer);
         poll_fn(|cx| {
+            let settings = &shared.settings;
+            let Clocks { state, closing } = &mut clocks;
             let mut changed = false;
             if let Some(request) = registration.poll_take(cx) {
-                self.request(request, &mut closing);
+                self.request(request, closing);
                 changed = true;
             }
 
@@ -165,7 +171,7 @@ where
                 self.to_client.flow = Flow::Done;
             }
             if self.to_backend.flow == Flow::Done && self.to_client.flow == Flow::Done {
-                let end = match &closing {
+                let end = match closing {
                     Some(c) => self.end(c.request.reason, false),
                     None => self.end(self.peer_reason(), false),
                 };
@@ -181,11 +187,10 @@ where
                 if now >= state.next_publish {
                     self.publish(shared);
                     state.next_publish = now + PUBLISH_EVERY;
-                } else if armed > state.next_publish {
+                } else if timer.deadline() > state.next_publish {
                     // Publish what this burst relayed even if the tunnel goes quiet now; at
                     // most one timer update a second.
-                    armed = state.next_publish;
-                    timer.as_mut().reset(armed);
+                    timer.as_mut().reset(state.next_publish);
                 }
             }
             if state.ping_queued && !self.to_client.gate.want_ping {
@@ -198,20 +203,20 @@ where
             }
             self.to_backend.gate.watch_pong = state.pings_unanswered > 0 || state.ping_queued;
             if let Some(request) = self.violation(settings.linger) {
-                self.request(request, &mut closing);
+                self.request(request, closing);
                 changed = true;
             }
 
             while timer.as_mut().poll(cx).is_ready() {
                 let now = Instant::now();
-                if let Some(end) = self.on_timer(now, shared, &mut state, &mut closing) {
+                if let Some(end) = self.on_timer(now, shared, state, closing) {
                     return Poll::Ready(end);
                 }
-                armed = self.next_deadline(settings, &state, &closing);
-                timer.as_mut().reset(armed);
+                let next = self.next_deadline(settings, state, closing);
+                timer.as_mut().reset(next);
                 changed = true;
             }
-            if let Some(c) = &mut closing {
+            if let Some(c) = closing {
                 if !c.started && c.request.start <= Instant::now() {
                     self.begin(c, shared);
                     changed = true;
@@ -221,10 +226,9 @@ where
                 }
             }
             if changed {
-                let wanted = self.next_deadline(settings, &state, &closing);
-                if wanted < armed {
-                    armed = wanted;
-                    timer.as_mut().reset(armed);
+                let wanted = self.next_deadline(settings, state, closing);
+                if wanted < timer.deadline() {
+                    timer.as_mut().reset(wanted);
                 }
                 // Let the directions act on the new state (write a Close, shut down).
                 cx.waker().wake_by_ref();
@@ -395,6 +399,12 @@ impl<E> ReadyErr for Poll<Result<(), E>> {
     fn is_ready_and_err(&self) -> bool {
         matches!(self, Poll::Ready(Err(_)))
     }
+}
+
+/// The clocks and the close in progress: what `run`'s poll changes, borrowed as one.
+struct Clocks {
+    state: Timing,
+    closing: Option<Box<Closing>>,
 }
 
 /// The clocks of one tunnel.
