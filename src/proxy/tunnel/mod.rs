@@ -3,9 +3,11 @@
 //!
 //! One module per part: [`relay`] moves bytes one direction at a time through a [`gate`];
 //! [`frames`] follows the frame boundaries in each direction (headers only, no buffer);
-//! [`splice`] holds both directions and the clocks; [`close`] is the one mechanism that ends a
-//! tunnel politely; [`control`] is how a request to close reaches a tunnel from outside.
+//! [`splice`] holds both directions; [`clocks`] its timeouts, pings and byte-count publishing;
+//! [`close`] is the one mechanism that ends a tunnel politely; [`control`] is how a request to
+//! close reaches a tunnel from outside.
 
+mod clocks;
 mod close;
 pub mod control;
 pub mod frames;

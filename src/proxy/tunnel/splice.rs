@@ -1,5 +1,6 @@
-//! Both directions of a tunnel and its clocks: relays until the tunnel ends, and turns
-//! timeouts, limits and requests from outside into polite closes (see [`super::close`]).
+//! Both directions of a tunnel: relays until the tunnel ends, and turns timeouts (its clocks
+//! are in [`super::clocks`]), limits and requests from outside into polite closes (see
+//! [`super::close`]).
 //!
 //! Timers are re-armed lazily: traffic costs one clock read per wake-up, not a timer update per
 //! chunk. Bytes are counted per tunnel and published to the shared counters at most once a
@@ -7,26 +8,16 @@
 
 use std::future::poll_fn;
 use std::task::Poll;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::close::{Closing, GOING_AWAY};
-use super::control::{CloseRequest, Registration};
+use super::clocks::{Clocks, PUBLISH_EVERY, Timing};
+use super::control::Registration;
 use super::frames::{Extensions, Rules};
 use super::gate::Gate;
 use super::relay::{Direction, Flow};
-use super::{CloseReason, Side, TunnelSettings, TunnelShared};
-
-/// Stands in for "no deadline": far enough never to fire, near enough to add to an Instant.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// How often a busy tunnel publishes its byte counts.
-const PUBLISH_EVERY: Duration = Duration::from_secs(1);
-
-/// Unanswered Pings after which a client is taken for gone.
-const MAX_UNANSWERED_PINGS: u8 = 2;
+use super::{CloseReason, Side, TunnelShared};
 
 /// How a tunnel ended.
 pub(super) struct End {
@@ -291,103 +282,6 @@ where
             cut,
         }
     }
-
-    /// The timer fired: acts on whatever is due at `now`; `Some` ends the tunnel.
-    fn on_timer(
-        &mut self,
-        now: Instant,
-        shared: &TunnelShared,
-        state: &mut Timing,
-        closing: &mut Option<Box<Closing>>,
-    ) -> Option<End> {
-        let settings = &shared.settings;
-        if now >= state.next_publish {
-            self.publish(shared);
-            state.next_publish = now + PUBLISH_EVERY;
-        }
-        if let Some(c) = closing {
-            if now >= c.request.deadline {
-                return Some(self.end(c.request.reason, !c.settled));
-            }
-            if !c.started && now >= c.request.start {
-                self.begin(c, shared);
-            }
-            return None;
-        }
-        if self.first_closed.is_some()
-            && now >= state.last_active + settings.half_closed.min(settings.idle.unwrap_or(NEVER))
-        {
-            return Some(self.end(CloseReason::HalfClosedTimeout, true));
-        }
-        let polite = |reason| CloseRequest::now(reason, GOING_AWAY, settings.linger);
-        if settings
-            .idle
-            .is_some_and(|idle| now >= state.last_active + idle)
-        {
-            self.request(polite(CloseReason::IdleTimeout), closing);
-        } else if state.lifetime_end.is_some_and(|end| now >= end) {
-            self.request(polite(CloseReason::Lifetime), closing);
-        } else if let Some(interval) = settings.ping_interval
-            && now >= state.last_to_client + interval
-        {
-            if state.pings_unanswered >= MAX_UNANSWERED_PINGS {
-                // The client is gone: tell the backend; the client only gets the FIN.
-                let mut request = polite(CloseReason::PingTimeout);
-                request.to_client = None;
-                self.request(request, closing);
-            } else if !state.ping_queued {
-                self.to_client.gate.want_ping = true;
-                state.ping_queued = true;
-                state.last_to_client = now;
-            } else {
-                // Still mid-frame toward the client; look again in an interval.
-                state.last_to_client = now;
-            }
-        }
-        if let Some(c) = closing
-            && !c.started
-            && now >= c.request.start
-        {
-            self.begin(c, shared);
-        }
-        None
-    }
-
-    /// The earliest moment something may be due.
-    fn next_deadline(
-        &self,
-        settings: &TunnelSettings,
-        state: &Timing,
-        closing: &Option<Box<Closing>>,
-    ) -> Instant {
-        let unpublished = self.to_backend.bytes > self.to_backend.published
-            || self.to_client.bytes > self.to_client.published;
-        let publish = if unpublished {
-            state.next_publish
-        } else {
-            state.last_active + NEVER
-        };
-        if let Some(c) = closing {
-            return publish.min(if c.started {
-                c.request.deadline
-            } else {
-                c.request.start.min(c.request.deadline)
-            });
-        }
-        let far = state.last_active + NEVER;
-        let mut idle = settings.idle.unwrap_or(NEVER);
-        if self.first_closed.is_some() {
-            idle = idle.min(settings.half_closed);
-        }
-        let mut deadline = state.last_active + idle;
-        if let Some(end) = state.lifetime_end {
-            deadline = deadline.min(end);
-        }
-        if let Some(interval) = settings.ping_interval {
-            deadline = deadline.min(state.last_to_client + interval);
-        }
-        deadline.min(far).min(publish)
-    }
 }
 
 /// `Ready(Err(_))`, without caring which error.
@@ -399,22 +293,6 @@ impl<E> ReadyErr for Poll<Result<(), E>> {
     fn is_ready_and_err(&self) -> bool {
         matches!(self, Poll::Ready(Err(_)))
     }
-}
-
-/// The clocks and the close in progress: what `run`'s poll changes, borrowed as one.
-struct Clocks {
-    state: Timing,
-    closing: Option<Box<Closing>>,
-}
-
-/// The clocks of one tunnel.
-struct Timing {
-    last_active: Instant,
-    last_to_client: Instant,
-    lifetime_end: Option<Instant>,
-    next_publish: Instant,
-    pings_unanswered: u8,
-    ping_queued: bool,
 }
 
 /// Whether `S` is a plain TCP stream.
